@@ -1,0 +1,139 @@
+"""The ``pipeline`` command: init, run, status, inspect."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from importlib import resources
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+
+from pipeline import __version__
+
+EXAMPLES = ("code",)
+
+
+def _split(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+def cmd_init(args: argparse.Namespace, console: Console) -> int:
+    folder = Path(args.dir)
+    target = folder / "pipeline.toml"
+    if target.exists() and not args.force:
+        console.print(f"[red]{target} exists[/red] (use --force to overwrite)")
+        return 2
+    name = args.name or folder.resolve().name
+    templates = resources.files("pipeline") / "templates"
+    body = (templates / f"example-{args.example}.toml").read_text() if args.example \
+        else (templates / "blank.toml").read_text()
+    folder.mkdir(parents=True, exist_ok=True)
+    if not args.example:
+        (folder / "data").mkdir(exist_ok=True)
+    text = (templates / "common-head.toml").read_text() + body
+    target.write_text(text.replace("@NAME@", name), encoding="utf-8")
+    console.print(f"wrote {target}; next: pipeline run {target}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, console: Console) -> int:
+    from pipeline.config import load_config
+    from pipeline.run import run_pipeline
+
+    cfg = load_config(args.config, args.set or [])
+    run_pipeline(cfg, only=_split(args.only), force=_split(args.force), console=console)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, console: Console) -> int:
+    from pipeline import ledger
+
+    return ledger.print_status(Path(args.run), console)
+
+
+def cmd_inspect(args: argparse.Namespace, console: Console) -> int:
+    from pipeline import ledger
+
+    frame = ledger.inspect(Path(args.run), args.stage, rejected=args.rejected, reason=args.reason,
+                           limit=args.limit, columns=_split(args.columns))
+    if args.json:
+        for row in frame.iter_rows(named=True):
+            print(json.dumps(row, ensure_ascii=False, default=str))
+    else:
+        ledger.print_records(frame, console, max_chars=args.max_chars)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pipeline", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"textbook-pipeline {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("init", help="write a commented pipeline.toml into DIR")
+    p.add_argument("dir")
+    p.add_argument("--example", choices=EXAMPLES, help="a runnable example on built-in data")
+    p.add_argument("--name", help="run name (default: the folder's name)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing pipeline.toml")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("run", help="run (or resume) every stage of a config")
+    p.add_argument("config")
+    p.add_argument("--set", action="append", metavar="KEY.PATH=VALUE", help="override a key")
+    p.add_argument("--only", metavar="STAGES", help="comma-separated stages to run")
+    p.add_argument("--force", metavar="STAGES", help="comma-separated stages to recompute")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("status", help="the funnel of a run: rows in/kept/rejected by reason")
+    p.add_argument("run", help="run folder, e.g. runs/NAME")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("inspect", help="show records kept or rejected by a stage")
+    p.add_argument("run")
+    p.add_argument("--stage", required=True, help="stage name or folder (e.g. ingest, 01-ingest)")
+    p.add_argument("--rejected", "--dropped", action="store_true", dest="rejected",
+                   help="show rejected rows instead of kept ones")
+    p.add_argument("--reason", help="only rejected rows with this reason (or reason prefix)")
+    p.add_argument("--limit", type=int, default=5)
+    p.add_argument("--columns", help="comma-separated columns to show")
+    p.add_argument("--max-chars", type=int, default=300, help="truncate long values")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=cmd_inspect)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console(stderr=args.command != "inspect" and args.command != "status")
+    from pipeline.config import ConfigError
+    from pipeline.io import SourceError
+    from pipeline.ledger import LedgerError
+    from pipeline.run import RunError
+
+    try:
+        return args.func(args, console)
+    except (ConfigError, RunError, SourceError, LedgerError) as exc:
+        console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/yellow]; finished stages are kept, a rerun resumes")
+        return 130
+    except Exception as exc:  # a bug or an environment failure: short message, traceback in the log
+        if args.debug:
+            raise
+        logging.getLogger("pipeline").exception("command failed")
+        logs = [h.baseFilename for h in logging.getLogger("pipeline").handlers
+                if isinstance(h, logging.FileHandler)]
+        where = f"; traceback in {logs[0]}" if logs else "; rerun with --debug for the traceback"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        console.print(f"[red]error:[/red] {type(exc).__name__}: {escape(first)}{escape(where)}",
+                      highlight=False)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,280 @@
+"""Run configuration: one TOML file parsed into pydantic models.
+
+Errors name the file and the key path (``stages.ingest.max_chars``) and are raised before any
+work starts. Stage tables are validated against the ``Config`` model of their stage module; the
+order of ``[stages.*]`` tables in the file is the order the stages run in.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import sysconfig
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from pipeline import stage as stage_api
+
+
+class ConfigError(ValueError):
+    """A configuration problem, already phrased for the user (file, key path, what to do)."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class RunSection(Strict):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    root: str = "runs"
+    seed: int = 0
+
+
+class RaySection(Strict):
+    address: str | None = None
+    num_cpus: int | None = Field(default=None, ge=1)
+    batch_size: int = Field(default=2000, ge=1)
+
+
+class SourceConfig(Strict):
+    """One input: a JSONL file/folder, a Parquet file/folder, or a folder of text/code files."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    kind: Literal["jsonl", "parquet", "files"]
+    path: str
+    include: list[str] = Field(default_factory=list)
+    exclude: list[str] = Field(default_factory=list)
+    text_field: str = "text"
+    id_field: str | None = None
+    license: str = "unknown"
+    sample: float = Field(default=1.0, gt=0.0, le=1.0)
+
+    @field_validator("path")
+    @classmethod
+    def _expand(cls, value: str) -> str:
+        return expand_placeholders(value)
+
+
+class DatasetSpec(Strict):
+    """A final output: the kept rows of one stage, published with a dataset card."""
+
+    from_stage: str = Field(alias="from")
+    description: str = ""
+    columns: list[str] | None = None
+    license: str | None = None
+    task_categories: list[str] = Field(default_factory=lambda: ["text-generation"])
+    language: list[str] = Field(default_factory=list)
+
+
+class StageEntry(Strict):
+    """Engine-level keys of a ``[stages.NAME]`` table; the rest belongs to the stage's Config."""
+
+    name: str
+    kind: str
+    input: str | None = None
+    enabled: bool = True
+    config: Any = None
+    module: Any = Field(default=None, exclude=True)
+
+    def config_hash(self, extra: Any = None) -> str:
+        payload = {
+            "kind": self.kind,
+            "version": getattr(self.module, "VERSION", "1"),
+            "config": self.config.model_dump(mode="json"),
+            "extra": extra,
+        }
+        blob = json.dumps(payload, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+class PipelineConfig(Strict):
+    run: RunSection
+    ray: RaySection = Field(default_factory=RaySection)
+    sources: list[SourceConfig] = Field(default_factory=list)
+    stages: list[StageEntry]
+    datasets: dict[str, DatasetSpec] = Field(default_factory=dict)
+    path: Path = Field(exclude=True)
+    raw: dict = Field(default_factory=dict, exclude=True, repr=False)
+
+    @property
+    def run_dir(self) -> Path:
+        root = Path(self.run.root)
+        if not root.is_absolute():
+            root = self.path.parent / root
+        return (root / self.run.name).resolve()
+
+    def stage(self, name: str) -> StageEntry:
+        for entry in self.stages:
+            if entry.name == name:
+                return entry
+        raise ConfigError(f"{self.path}: no stage named {name!r}; stages are {self.stage_names()}")
+
+    def stage_names(self) -> list[str]:
+        return [s.name for s in self.stages]
+
+
+PLACEHOLDERS = {
+    "python_stdlib": lambda: sysconfig.get_paths()["stdlib"],
+    "site_packages": lambda: sysconfig.get_paths()["purelib"],
+}
+
+
+def expand_placeholders(value: str) -> str:
+    """Expand ``{python_stdlib}`` and ``{site_packages}`` (the running interpreter's paths)."""
+    for key, resolve in PLACEHOLDERS.items():
+        token = "{" + key + "}"
+        if token in value:
+            value = value.replace(token, resolve())
+    return value
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse ``key.path=value``; the value is read as TOML, or taken as a plain string."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected key.path=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set {text!r}: empty key path")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_override(data: dict, parts: list[str], value: Any) -> None:
+    node: Any = data
+    for i, part in enumerate(parts[:-1]):
+        where = ".".join(parts[: i + 1])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"--set {'.'.join(parts)}: {where} is not a valid list index")
+            node = node[int(part)]
+        elif isinstance(node, dict):
+            node = node.setdefault(part, {})
+        else:
+            raise ConfigError(f"--set {'.'.join(parts)}: {where} is not a table")
+    last = parts[-1]
+    if isinstance(node, list) and last.isdigit() and int(last) < len(node):
+        node[int(last)] = value
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        raise ConfigError(f"--set {'.'.join(parts)}: cannot set {last!r} here")
+
+
+def _format_errors(err: ValidationError, path: Path, prefix: str = "") -> str:
+    lines = [f"invalid configuration in {path}:"]
+    for item in err.errors():
+        loc = ".".join(str(p) for p in item["loc"])
+        key = f"{prefix}{loc}" if loc else prefix.rstrip(".")
+        msg = item["msg"]
+        if item["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling, or see `pipeline init` for the keys)"
+        elif "input" in item and item["type"] != "missing":
+            msg = f"{msg} (got {item['input']!r})"
+        lines.append(f"  {key}: {msg}")
+    return "\n".join(lines)
+
+
+ENGINE_STAGE_KEYS = {"kind", "input", "enabled"}
+
+
+def _build_stage(name: str, table: Any, path: Path) -> StageEntry:
+    if not isinstance(table, dict):
+        raise ConfigError(f"invalid configuration in {path}:\n  stages.{name}: expected a table")
+    kind = table.get("kind", name)
+    try:
+        module = stage_api.load_stage_module(kind)
+    except stage_api.StageLoadError as exc:
+        raise ConfigError(f"invalid configuration in {path}:\n  stages.{name}.kind: {exc}") from exc
+    own = {k: v for k, v in table.items() if k not in ENGINE_STAGE_KEYS}
+    try:
+        cfg = module.Config.model_validate(own)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, path, f"stages.{name}.")) from exc
+    try:
+        entry = StageEntry(
+            name=name,
+            kind=kind,
+            input=table.get("input"),
+            enabled=table.get("enabled", True),
+        )
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, path, f"stages.{name}.")) from exc
+    entry.config = cfg
+    entry.module = module
+    return entry
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
+    """Read, override and validate a run configuration; raise ConfigError on any problem."""
+    path = Path(path).resolve()
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path} (create one with `pipeline init DIR`)")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    for text in overrides:
+        parts, value = parse_override(text)
+        apply_override(data, parts, value)
+    return config_from_dict(data, path)
+
+
+def config_from_dict(data: dict, path: Path) -> PipelineConfig:
+    data = copy.deepcopy(data)
+    stage_tables = data.pop("stages", None)
+    if not isinstance(stage_tables, dict) or not stage_tables:
+        raise ConfigError(
+            f"invalid configuration in {path}:\n  stages: at least one [stages.NAME] table is needed"
+        )
+    entries = [_build_stage(name, table, path) for name, table in stage_tables.items()]
+    try:
+        cfg = PipelineConfig.model_validate({**data, "stages": [], "path": path, "raw": {}})
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, path)) from exc
+    cfg.stages = entries
+    for src in cfg.sources:
+        if "://" not in src.path and not Path(src.path).is_absolute():
+            src.path = str((path.parent / src.path).resolve())
+    cfg.raw = {**data, "stages": stage_tables}
+    _check_graph(cfg)
+    return cfg
+
+
+def _check_graph(cfg: PipelineConfig) -> None:
+    problems = []
+    names = cfg.stage_names()
+    enabled = [s for s in cfg.stages if s.enabled]
+    if not enabled:
+        problems.append("stages: every stage is disabled")
+    seen: list[str] = []
+    for entry in cfg.stages:
+        role = stage_api.role_of(entry.module)
+        if entry.input is not None and entry.input not in seen:
+            hint = "it must be an earlier stage" if entry.input in names else "no such stage"
+            problems.append(f"stages.{entry.name}.input: {entry.input!r}: {hint}")
+        if entry.enabled and role == "source" and not cfg.sources:
+            problems.append(
+                f"sources: stage {entry.name!r} reads the sources, but none is configured; "
+                "add a [[sources]] table (or start from `pipeline init DIR --example code`)"
+            )
+        if role != "source" and entry.input is None and not seen:
+            problems.append(f"stages.{entry.name}: the first stage must read the sources")
+        seen.append(entry.name)
+    for i, src in enumerate(cfg.sources):
+        if [s.name for s in cfg.sources].count(src.name) > 1:
+            problems.append(f"sources.{i}.name: {src.name!r} is used twice")
+        if "://" not in src.path and not Path(src.path).exists():
+            problems.append(f"sources.{i}.path: {src.path} does not exist")
+    for name, spec in cfg.datasets.items():
+        if spec.from_stage not in names:
+            problems.append(f"datasets.{name}.from: no stage named {spec.from_stage!r}")
+    if problems:
+        raise ConfigError(f"invalid configuration in {cfg.path}:\n  " + "\n  ".join(problems))

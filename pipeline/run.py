@@ -1,0 +1,237 @@
+"""A run: stages in order, resumed from their ledger records, then datasets with their cards.
+
+Run folder::
+
+    runs/NAME/stages/NN-stage/part-*.parquet + _SUCCESS.json   kept rows, ledger record
+    runs/NAME/rejected/NN-stage/part-*.parquet                 dropped rows (stage, reason)
+    runs/NAME/datasets/DATASET/data/*.parquet + README.md      final outputs with cards
+    runs/NAME/logs/run-*.log                                   our log and Ray's
+
+A stage is skipped when its record matches its config hash and its input fingerprint (the
+upstream stage's output fingerprint, or the listing of the source files). A stage is written to a
+hidden temporary folder and renamed into place only after the ledger checks out, so a half-done
+stage never looks finished.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+
+import pyarrow.parquet as pq
+from rich.console import Console
+
+from pipeline import card, io, ledger, runner
+from pipeline.config import PipelineConfig, StageEntry
+from pipeline.stage import Decisions, Records, role_of
+
+log = logging.getLogger("pipeline")
+
+
+class RunError(RuntimeError):
+    """A run that cannot go on; the message says which stage and what to do."""
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist in ("textbook-pipeline", "pyarrow", "ray", "polars", "pydantic"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "unknown"
+    return out
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    records: list[dict] = field(default_factory=list)
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    datasets: dict[str, Path] = field(default_factory=dict)
+
+
+def setup_logging(run_dir: Path) -> Path:
+    logs = run_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    path = logs / f"run-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}.log"
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("pipeline")
+    for old in [h for h in logger.handlers if isinstance(h, logging.FileHandler)]:
+        logger.removeHandler(old)
+        old.close()
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    return path
+
+
+def stage_folder(run_dir: Path, index: int, name: str) -> Path:
+    return run_dir / "stages" / f"{index:02d}-{name}"
+
+
+def _clean_temp(run_dir: Path) -> None:
+    for sub in ("stages", "rejected", "datasets"):
+        root = run_dir / sub
+        if root.is_dir():
+            for tmp in root.glob(".*.tmp-*"):
+                shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+
+
+def run_pipeline(cfg: PipelineConfig, only: list[str] | None = None, force: list[str] | None = None,
+                 console: Console | None = None) -> RunResult:
+    console = console or Console(stderr=True)
+    run_dir = cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log_path = setup_logging(run_dir)
+    io.write_text_atomic(run_dir / "config.json", json.dumps(cfg.raw, indent=2, default=str))
+    for name in (only or []) + (force or []):
+        cfg.stage(name)  # unknown names are errors before any work
+    _clean_temp(run_dir)
+    result = RunResult(run_dir)
+    log.info("run %s in %s (log %s)", cfg.run.name, run_dir, log_path)
+    with runner.ray_session(cfg.ray.address, cfg.ray.num_cpus, log_path) as session:
+        console.print(f"[dim]ray: {session['address']}, {session['cpus']} CPUs; "
+                      f"run folder {run_dir}; log {log_path}[/dim]")
+        executor = runner.Executor(cfg.ray.batch_size)
+        by_name: dict[str, dict] = {}
+        previous: str | None = None
+        for index, entry in enumerate(cfg.stages, start=1):
+            if not entry.enabled:
+                continue
+            upstream = entry.input or previous
+            record = _stage(cfg, index, entry, upstream, by_name, executor, only, force or [],
+                            console, result)
+            by_name[entry.name] = record
+            previous = entry.name
+        result.records = [by_name[s.name] for s in cfg.stages if s.name in by_name]
+    for name, spec in cfg.datasets.items():
+        rec = by_name.get(spec.from_stage)
+        if rec is None:
+            console.print(f"[yellow]dataset {name}: stage {spec.from_stage} has not run[/yellow]")
+            continue
+        result.datasets[name] = card.publish(cfg, name, spec, rec, result.records)
+    console.print(ledger.funnel_table(result.records, f"{cfg.run.name}: funnel"))
+    for name, path in result.datasets.items():
+        console.print(f"dataset [bold]{name}[/bold] -> {path}")
+    return result
+
+
+def _stage(cfg: PipelineConfig, index: int, entry: StageEntry, upstream: str | None,
+           by_name: dict, executor: runner.Executor, only: list[str] | None, force: list[str],
+           console: Console, result: RunResult) -> dict:
+    run_dir = cfg.run_dir
+    folder = stage_folder(run_dir, index, entry.name)
+    role = role_of(entry.module)
+    existing = ledger.read_success(folder)
+    if only is not None and entry.name not in only:
+        if existing is None:
+            raise RunError(f"stage {entry.name!r} has not finished, and --only leaves it out; "
+                           f"run it first (--only {entry.name}) or drop --only")
+        result.skipped.append(entry.name)
+        return existing
+    units: list[dict] = []
+    if role == "source":
+        try:
+            units = entry.module.plan(cfg.sources, entry.config)
+        except io.SourceError as exc:
+            raise RunError(f"stage {entry.name!r}: {exc}") from exc
+        input_fp = io.fingerprint(units)
+        config_hash = entry.config_hash([s.model_dump(mode="json") for s in cfg.sources])
+    else:
+        if upstream not in by_name:
+            raise RunError(f"stage {entry.name!r} reads {upstream!r}, which has not run")
+        input_fp = by_name[upstream]["output_fingerprint"]
+        config_hash = entry.config_hash()
+    if (existing and entry.name not in force and existing.get("config_hash") == config_hash
+            and existing.get("input_fingerprint") == input_fp):
+        console.print(f"[green]✓[/green] {folder.name}: unchanged, skipped")
+        log.info("stage %s skipped (config %s, input %s unchanged)", folder.name, config_hash, input_fp)
+        result.skipped.append(entry.name)
+        return existing
+    console.print(f"[cyan]▶[/cyan] {folder.name} ({role})")
+    log.info("stage %s starts: config %s, input %s", folder.name, config_hash, input_fp)
+    rejected = run_dir / "rejected" / folder.name
+    tmp_out, tmp_rej = io.temp_sibling(folder), io.temp_sibling(rejected)
+    started = time.time()
+    input_files: list[Path] = []
+    info: dict = {}
+    if role == "source":
+        totals = executor.source(units, entry.module.__name__, entry.config, tmp_out, tmp_rej,
+                                 entry.name) if units else {"rows": 0, "kept": 0, "reasons": {}}
+        rows_in = totals["rows"]
+    else:
+        up_folder = Path(by_name[upstream]["path"])
+        input_files = io.parquet_parts(up_folder)
+        rows_in = sum(pq.ParquetFile(f).metadata.num_rows for f in input_files)
+        totals = _run_non_source(cfg, entry, role, input_files, executor, tmp_out, tmp_rej, info)
+        if totals.pop("generated", False):
+            rows_in = totals["rows"]
+    tmp_out.mkdir(parents=True, exist_ok=True)
+    tmp_rej.mkdir(parents=True, exist_ok=True)
+    parts = io.parquet_parts(tmp_out)
+    record = {
+        "stage": entry.name, "folder": folder.name, "index": index, "kind": entry.kind,
+        "role": role, "input": upstream, "config_hash": config_hash, "input_fingerprint": input_fp,
+        "config": entry.config.model_dump(mode="json"),
+        "rows_in": rows_in, "rows_kept": totals["kept"], "rows_rejected": totals["rows"] - totals["kept"],
+        "rejected_by_reason": dict(sorted(totals["reasons"].items())),
+        "output_fingerprint": io.fingerprint([config_hash, input_fp,
+                                              [(p.name, p.stat().st_size) for p in parts]]),
+        "bytes_kept": sum(p.stat().st_size for p in parts),
+        "wall_s": round(time.time() - started, 3),
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "versions": versions(), "info": info, "path": str(folder),
+    }
+    try:
+        ledger.write_success(tmp_out, record)
+    except ledger.LedgerError:
+        shutil.rmtree(tmp_out, ignore_errors=True)
+        shutil.rmtree(tmp_rej, ignore_errors=True)
+        raise
+    _replace_dir(tmp_rej, rejected)
+    _replace_dir(tmp_out, folder)
+    log.info("stage %s done: %s", folder.name, {k: record[k] for k in
+                                                ("rows_in", "rows_kept", "rows_rejected", "wall_s")})
+    console.print(f"  {record['rows_in']:,} in, {record['rows_kept']:,} kept, "
+                  f"{record['rows_rejected']:,} rejected in {record['wall_s']:.1f}s")
+    result.ran.append(entry.name)
+    return record
+
+
+def _run_non_source(cfg: PipelineConfig, entry: StageEntry, role: str, input_files: list[Path],
+                    executor: runner.Executor, tmp_out: Path, tmp_rej: Path, info: dict) -> dict:
+    module = entry.module
+    if not input_files:
+        return {"rows": 0, "kept": 0, "reasons": {}}
+    if role == "record":
+        return executor.record(input_files, module.__name__, entry.config, tmp_out, tmp_rej, entry.name)
+    scratch = io.temp_sibling(cfg.run_dir / "scratch" / entry.name)
+    scratch.mkdir(parents=True, exist_ok=True)
+    try:
+        ctx = runner.RayGlobalContext(input_files, scratch, cfg.run.seed, cfg.ray.batch_size)
+        out = module.run(ctx, entry.config)
+        info.update(out.info)
+        if isinstance(out, Decisions):
+            return executor.decisions(input_files, out, tmp_out, tmp_rej, entry.name)
+        if isinstance(out, Records):
+            totals = executor.records(out.table, tmp_out, tmp_rej, entry.name)
+            info["generated"] = True
+            return {**totals, "generated": True}
+        raise RunError(f"{module.__name__}.run returned {type(out).__name__}, "
+                       "expected Decisions or Records")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

@@ -1,0 +1,247 @@
+"""Ray execution: the only module that imports Ray.
+
+``ray.init()`` with no address starts a local Ray on this machine; ``RAY_ADDRESS`` (or
+``[ray] address``) joins a cluster, which is what ``ray job submit -- pipeline run ...`` does.
+Every stage streams through Ray Data into :class:`StageSink`, whose write tasks split each block
+into kept rows (``part-NNNNN.parquet``) and rejected rows, and report counts by reason. File
+names come from the task index, so a task retried after a worker died rewrites the same files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import logging
+import os
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Callable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import ray
+import ray.data
+from ray.data.datasource import Datasink
+
+from pipeline import io
+from pipeline.stage import BOOKKEEPING, DROP_REASON, STAGE_COLUMN, Decisions, GlobalContext
+
+log = logging.getLogger("pipeline")
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None = None, num_cpus: int | None = None,
+                log_file: Path | None = None) -> Iterator[dict]:
+    """Join ``address``/``RAY_ADDRESS`` or start a local Ray; reuse one already started here."""
+    handler = logging.FileHandler(log_file) if log_file else None
+    if handler:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        for name in ("ray", "ray.data"):
+            logging.getLogger(name).addHandler(handler)
+    owned = False
+    if not ray.is_initialized():
+        address = address or os.environ.get("RAY_ADDRESS") or None
+        kwargs: dict[str, Any] = dict(address=address, logging_level=logging.ERROR,
+                                      log_to_driver=False, configure_logging=True)
+        if not address:
+            kwargs.update(num_cpus=num_cpus, include_dashboard=False)
+        ray.init(**kwargs)
+        owned = True
+    _quiet_ray_data()
+    try:
+        yield {"address": address or "local", "cpus": int(ray.cluster_resources().get("CPU", 1))}
+    finally:
+        if owned:
+            ray.shutdown()
+        if handler:
+            for name in ("ray", "ray.data"):
+                logging.getLogger(name).removeHandler(handler)
+            handler.close()
+
+
+def _quiet_ray_data() -> None:
+    """Ray Data logs go to the run's log file; the terminal gets one progress bar (TTY only)."""
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True
+    ctx.enable_progress_bars = sys.stderr.isatty()
+    ctx.enable_operator_progress_bars = False
+    ctx.print_on_execution_start = False
+    for handler in logging.getLogger("ray.data").handlers:
+        if not isinstance(handler, logging.FileHandler):
+            handler.setLevel(logging.ERROR)
+
+
+class StageSink(Datasink):
+    """Writes kept rows to ``kept_dir`` and rejected rows (plus ``stage``) to ``rejected_dir``."""
+
+    def __init__(self, kept_dir: Path, rejected_dir: Path, stage: str,
+                 rejected_only: tuple[str, ...] = ()):
+        self.kept_dir, self.rejected_dir, self.stage = str(kept_dir), str(rejected_dir), stage
+        self.drop_from_kept = tuple(BOOKKEEPING) + tuple(rejected_only)
+        self.totals: dict | None = None
+
+    def write(self, blocks, ctx) -> dict:
+        name = f"part-{ctx.task_idx:05d}.parquet"
+        writers: dict[str, tuple[pq.ParquetWriter, Path, Path]] = {}
+        rows, kept = 0, 0
+        reasons: Counter = Counter()
+        try:
+            for block in blocks:
+                if not isinstance(block, pa.Table):
+                    block = pa.Table.from_pandas(block, preserve_index=False)
+                if block.num_rows == 0:
+                    continue
+                if DROP_REASON not in block.column_names:
+                    raise ValueError(f"stage {self.stage!r} returned a batch without {DROP_REASON}")
+                rows += block.num_rows
+                mask = pc.is_null(block.column(DROP_REASON))
+                good = block.filter(mask).drop_columns(
+                    [c for c in self.drop_from_kept if c in block.column_names])
+                bad = block.filter(pc.invert(mask))
+                bad = bad.append_column(STAGE_COLUMN, pa.array([self.stage] * bad.num_rows, pa.string()))
+                kept += good.num_rows
+                reasons.update(bad.column(DROP_REASON).to_pylist())
+                for key, part, folder in (("kept", good, self.kept_dir), ("rej", bad, self.rejected_dir)):
+                    if part.num_rows:
+                        self._append(writers, key, part, Path(folder) / name)
+        finally:
+            for writer, tmp, final in writers.values():
+                writer.close()
+                os.replace(tmp, final)
+        return {"rows": rows, "kept": kept, "reasons": dict(reasons)}
+
+    @staticmethod
+    def _append(writers: dict, key: str, table: pa.Table, final: Path) -> None:
+        if key not in writers:
+            tmp = io.temp_sibling(final)
+            writers[key] = (pq.ParquetWriter(tmp, table.schema, compression="zstd"), tmp, final)
+        writer = writers[key][0]
+        if table.schema != writer.schema:
+            try:
+                table = table.select(writer.schema.names).cast(writer.schema)
+            except (pa.ArrowInvalid, KeyError, ValueError) as exc:
+                raise ValueError(f"batches of one stage must share a schema: {exc}") from exc
+        writer.write_table(table)
+
+    def on_write_complete(self, write_result) -> None:
+        totals = {"rows": 0, "kept": 0, "reasons": Counter()}
+        for part in write_result.write_returns:
+            totals["rows"] += part["rows"]
+            totals["kept"] += part["kept"]
+            totals["reasons"].update(part["reasons"])
+        totals["reasons"] = dict(totals["reasons"])
+        self.totals = totals
+
+
+def _stage_module(name: str):
+    return importlib.import_module(name)
+
+
+def _run_process(batch: pa.Table, module: str, config: Any) -> pa.Table:
+    out = _stage_module(module).process(batch, config)
+    if out.num_rows != batch.num_rows:
+        raise ValueError(f"{module}.process returned {out.num_rows} rows for {batch.num_rows}; "
+                         "a record stage keeps one row per input row (drop with drop_reason)")
+    return out
+
+
+def _run_read(batch: pa.Table, module: str, config: Any) -> Iterator[pa.Table]:
+    reader = _stage_module(module)
+    for unit in batch.column("unit").to_pylist():
+        yield from reader.read(json.loads(unit), config)
+
+
+_DECISIONS: dict[str, pa.Table] = {}
+
+
+def _join_decisions(batch: pa.Table, ref: Any) -> pa.Table:
+    key = ref.hex()
+    if key not in _DECISIONS:
+        _DECISIONS.clear()
+        _DECISIONS[key] = ray.get(ref)
+    decisions = _DECISIONS[key]
+    index = pc.index_in(batch.column("id"), value_set=decisions.column("id"))
+    out = batch.drop_columns([c for c in decisions.column_names if c != "id" and c in batch.column_names])
+    for name in decisions.column_names:
+        if name != "id":
+            out = out.append_column(name, pc.take(decisions.column(name), index))
+    if DROP_REASON not in out.column_names:
+        out = out.append_column(DROP_REASON, pa.nulls(out.num_rows, pa.string()))
+    return out
+
+
+class Executor:
+    """Runs one stage on Ray Data into a sink; returns the sink's totals.
+
+    Ray Data retries a task whose worker process died (``max_retries=-1`` by default); an
+    exception raised by stage code is not retried and fails the stage.
+    """
+
+    def __init__(self, batch_size: int):
+        self.batch_size = batch_size
+
+    def _write(self, ds: "ray.data.Dataset", kept_dir: Path, rejected_dir: Path, stage: str,
+               rejected_only: tuple[str, ...] = ()) -> dict:
+        kept_dir.mkdir(parents=True, exist_ok=True)
+        rejected_dir.mkdir(parents=True, exist_ok=True)
+        sink = StageSink(kept_dir, rejected_dir, stage, rejected_only)
+        ds.write_datasink(sink)
+        return sink.totals or {"rows": 0, "kept": 0, "reasons": {}}
+
+    def source(self, units: list[dict], module: str, config: Any, kept_dir: Path,
+               rejected_dir: Path, stage: str) -> dict:
+        items = [{"unit": json.dumps(u)} for u in units]
+        ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+        ds = ds.map_batches(_run_read, batch_size=1, batch_format="pyarrow",
+                            fn_kwargs={"module": module, "config": config})
+        return self._write(ds, kept_dir, rejected_dir, stage)
+
+    def record(self, files: list[Path], module: str, config: Any, kept_dir: Path,
+               rejected_dir: Path, stage: str) -> dict:
+        ds = ray.data.read_parquet([str(f) for f in files])
+        ds = ds.map_batches(_run_process, batch_size=self.batch_size, batch_format="pyarrow",
+                            fn_kwargs={"module": module, "config": config})
+        return self._write(ds, kept_dir, rejected_dir, stage)
+
+    def decisions(self, files: list[Path], decisions: Decisions, kept_dir: Path,
+                  rejected_dir: Path, stage: str) -> dict:
+        table = decisions.table
+        if "id" not in table.column_names or DROP_REASON not in table.column_names:
+            raise ValueError(f"stage {stage!r}: Decisions need 'id' and '{DROP_REASON}' columns")
+        if pc.count_distinct(table.column("id")).as_py() != table.num_rows:
+            raise ValueError(f"stage {stage!r}: Decisions hold an id more than once")
+        ref = ray.put(table)
+        ds = ray.data.read_parquet([str(f) for f in files])
+        ds = ds.map_batches(_join_decisions, batch_size=self.batch_size, batch_format="pyarrow",
+                            fn_kwargs={"ref": ref})
+        return self._write(ds, kept_dir, rejected_dir, stage, tuple(decisions.rejected_only))
+
+    def records(self, table: pa.Table, kept_dir: Path, rejected_dir: Path, stage: str) -> dict:
+        if DROP_REASON not in table.column_names:
+            raise ValueError(f"stage {stage!r}: Records need a '{DROP_REASON}' column")
+        if table.num_rows == 0:
+            return {"rows": 0, "kept": 0, "reasons": {}}
+        return self._write(ray.data.from_arrow(table), kept_dir, rejected_dir, stage)
+
+
+class RayGlobalContext(GlobalContext):
+    def __init__(self, input_files: list[Path], scratch_dir: Path, seed: int, batch_size: int):
+        self.input_files, self.scratch_dir, self.seed = input_files, scratch_dir, seed
+        self.batch_size = batch_size
+
+    def read(self, columns: list[str] | None = None) -> pa.Table:
+        tables = [pq.read_table(f, columns=columns) for f in self.input_files]
+        return pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({})
+
+    def map(self, fn: Callable[..., pa.Table], columns: list[str] | None = None,
+            **kwargs: Any) -> pa.Table:
+        if not self.input_files:
+            return pa.table({})
+        ds = ray.data.read_parquet([str(f) for f in self.input_files], columns=columns)
+        ds = ds.map_batches(fn, batch_size=self.batch_size, batch_format="pyarrow", fn_kwargs=kwargs)
+        tables = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
+        return pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({})

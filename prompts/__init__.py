@@ -1,0 +1,1 @@
+"""Plain-text prompt templates with named fields, one file per task."""

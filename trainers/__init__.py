@@ -1,0 +1,1 @@
+"""Built-in trainers: tokenizer, pretraining and finetuning of small phi-class models."""
