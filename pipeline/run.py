@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import platform
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -56,6 +57,21 @@ class RunResult:
     ran: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     datasets: dict[str, Path] = field(default_factory=dict)
+
+
+def root_cause(exc: BaseException) -> str:
+    """The original error behind Ray's wrappers, as ``Type: message``."""
+    chain, node = [], exc
+    while isinstance(node, BaseException) and node not in chain:
+        chain.append(node)
+        node = getattr(node, "cause", None) or node.__cause__
+    for item in chain:
+        for line in str(item).splitlines():
+            if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit): ", line) \
+                    and not line.startswith("ray."):
+                return line.strip()
+    text = str(chain[-1]).strip().splitlines()
+    return f"{type(chain[-1]).__name__}: {text[0] if text else ''}"
 
 
 def setup_logging(run_dir: Path) -> Path:
@@ -115,7 +131,8 @@ def run_pipeline(cfg: PipelineConfig, only: list[str] | None = None, force: list
             upstream = entry.input or previous
             record = _stage(cfg, index, entry, upstream, by_name, executor, only, force or [],
                             console, result)
-            by_name[entry.name] = record
+            if record is not None:
+                by_name[entry.name] = record
             previous = entry.name
         result.records = [by_name[s.name] for s in cfg.stages if s.name in by_name]
     for name, spec in cfg.datasets.items():
@@ -132,16 +149,14 @@ def run_pipeline(cfg: PipelineConfig, only: list[str] | None = None, force: list
 
 def _stage(cfg: PipelineConfig, index: int, entry: StageEntry, upstream: str | None,
            by_name: dict, executor: runner.Executor, only: list[str] | None, force: list[str],
-           console: Console, result: RunResult) -> dict:
+           console: Console, result: RunResult) -> dict | None:
     run_dir = cfg.run_dir
     folder = stage_folder(run_dir, index, entry.name)
     role = role_of(entry.module)
     existing = ledger.read_success(folder)
     if only is not None and entry.name not in only:
-        if existing is None:
-            raise RunError(f"stage {entry.name!r} has not finished, and --only leaves it out; "
-                           f"run it first (--only {entry.name}) or drop --only")
-        result.skipped.append(entry.name)
+        if existing is not None:
+            result.skipped.append(entry.name)
         return existing
     units: list[dict] = []
     if role == "source":
@@ -153,7 +168,8 @@ def _stage(cfg: PipelineConfig, index: int, entry: StageEntry, upstream: str | N
         config_hash = entry.config_hash([s.model_dump(mode="json") for s in cfg.sources])
     else:
         if upstream not in by_name:
-            raise RunError(f"stage {entry.name!r} reads {upstream!r}, which has not run")
+            raise RunError(f"stage {entry.name!r} reads {upstream!r}, which has not finished; "
+                           f"run it first (--only {upstream}) or drop --only")
         input_fp = by_name[upstream]["output_fingerprint"]
         config_hash = entry.config_hash()
     if (existing and entry.name not in force and existing.get("config_hash") == config_hash
@@ -167,19 +183,24 @@ def _stage(cfg: PipelineConfig, index: int, entry: StageEntry, upstream: str | N
     rejected = run_dir / "rejected" / folder.name
     tmp_out, tmp_rej = io.temp_sibling(folder), io.temp_sibling(rejected)
     started = time.time()
-    input_files: list[Path] = []
     info: dict = {}
-    if role == "source":
-        totals = executor.source(units, entry.module.__name__, entry.config, tmp_out, tmp_rej,
-                                 entry.name) if units else {"rows": 0, "kept": 0, "reasons": {}}
-        rows_in = totals["rows"]
-    else:
-        up_folder = Path(by_name[upstream]["path"])
-        input_files = io.parquet_parts(up_folder)
-        rows_in = sum(pq.ParquetFile(f).metadata.num_rows for f in input_files)
-        totals = _run_non_source(cfg, entry, role, input_files, executor, tmp_out, tmp_rej, info)
-        if totals.pop("generated", False):
+    try:
+        if role == "source":
+            totals = executor.source(units, entry.module.__name__, entry.config, tmp_out, tmp_rej,
+                                     entry.name) if units else {"rows": 0, "kept": 0, "reasons": {}}
             rows_in = totals["rows"]
+        else:
+            input_files = io.parquet_parts(Path(by_name[upstream]["path"]))
+            rows_in = sum(pq.ParquetFile(f).metadata.num_rows for f in input_files)
+            totals = _run_non_source(cfg, entry, role, input_files, executor, tmp_out, tmp_rej, info)
+            if totals.pop("generated", False):
+                rows_in = totals["rows"]
+    except Exception as exc:
+        shutil.rmtree(tmp_out, ignore_errors=True)
+        shutil.rmtree(tmp_rej, ignore_errors=True)
+        log.exception("stage %s failed", folder.name)
+        raise RunError(f"stage {entry.name!r} failed: {root_cause(exc)} "
+                       f"(nothing of it was committed; fix and rerun to resume)") from exc
     tmp_out.mkdir(parents=True, exist_ok=True)
     tmp_rej.mkdir(parents=True, exist_ok=True)
     parts = io.parquet_parts(tmp_out)

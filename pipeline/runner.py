@@ -72,7 +72,7 @@ def _quiet_ray_data() -> None:
     ctx.print_on_execution_start = False
     for handler in logging.getLogger("ray.data").handlers:
         if not isinstance(handler, logging.FileHandler):
-            handler.setLevel(logging.ERROR)
+            handler.setLevel(logging.CRITICAL)  # errors reach us as exceptions; details in the log
 
 
 class StageSink(Datasink):
