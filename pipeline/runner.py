@@ -16,9 +16,9 @@ import logging
 import os
 import sys
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -39,6 +39,7 @@ def ray_session(address: str | None = None, num_cpus: int | None = None,
     """Join ``address``/``RAY_ADDRESS`` or start a local Ray; reuse one already started here."""
     handler = logging.FileHandler(log_file) if log_file else None
     if handler:
+        handler.setLevel(logging.INFO)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         for name in ("ray", "ray.data"):
             logging.getLogger(name).addHandler(handler)
@@ -184,7 +185,7 @@ class Executor:
     def __init__(self, batch_size: int):
         self.batch_size = batch_size
 
-    def _write(self, ds: "ray.data.Dataset", kept_dir: Path, rejected_dir: Path, stage: str,
+    def _write(self, ds: ray.data.Dataset, kept_dir: Path, rejected_dir: Path, stage: str,
                rejected_only: tuple[str, ...] = ()) -> dict:
         kept_dir.mkdir(parents=True, exist_ok=True)
         rejected_dir.mkdir(parents=True, exist_ok=True)

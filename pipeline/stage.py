@@ -21,10 +21,11 @@ returning Markdown for the dataset card, from the ``info`` it stored in its ledg
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 import pyarrow as pa
 

@@ -35,7 +35,7 @@ class Config(BaseModel):
     column: str | None = None
 
     @model_validator(mode="after")
-    def _column_for_highest(self) -> "Config":
+    def _column_for_highest(self) -> Config:
         if self.keep == "highest" and not self.column:
             raise ValueError("keep = 'highest' needs column = '<name of a numeric column>'")
         return self

@@ -58,7 +58,7 @@ class Config(BaseModel):
 
     max_chars: int = Field(default=1_000_000, ge=1)
     preview_chars: int = Field(default=10_000, ge=0)
-    unit_bytes: int = Field(default=8 * 2**20, ge=1, description="work unit size for file folders")
+    unit_bytes: int = Field(default=32 * 2**20, ge=1, description="work unit size for file folders")
     batch_rows: int = Field(default=2000, ge=1)
 
 
@@ -124,7 +124,7 @@ def normalize_batch(cols: dict[str, list], source: str, config: Config) -> pa.Ta
     """Normalize text and assign the empty/too-long reasons, vectorized over the batch."""
     reason = pa.array(cols["reason"], pa.string())
     text = pa.array(cols["text"], pa.string())
-    text = pc.utf8_normalize(text, "NFC")
+    text = _nfc(text)
     text = pc.replace_substring(text, "\r\n", "\n")
     text = pc.replace_substring(text, "\r", "\n")
     text = pc.replace_substring_regex(text, CONTROL_CHARS, "")
@@ -149,6 +149,14 @@ def normalize_batch(cols: dict[str, list], source: str, config: Config) -> pa.Ta
          detail],
         schema=SCHEMA,
     )
+
+
+def _nfc(text: pa.Array) -> pa.Array:
+    """NFC only where needed: ASCII text (most code) is already in normal form."""
+    non_ascii = pc.invert(pc.fill_null(pc.string_is_ascii(text), True))
+    if not pc.any(non_ascii).as_py():
+        return text
+    return pc.replace_with_mask(text, non_ascii, pc.utf8_normalize(text.filter(non_ascii), "NFC"))
 
 
 def read(unit: dict, config: Config) -> Iterator[pa.Table]:
