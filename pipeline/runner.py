@@ -190,6 +190,7 @@ class Executor:
         kept_dir.mkdir(parents=True, exist_ok=True)
         rejected_dir.mkdir(parents=True, exist_ok=True)
         sink = StageSink(kept_dir, rejected_dir, stage, rejected_only)
+        ds.set_name(stage)  # what the progress bar shows
         ds.write_datasink(sink)
         return sink.totals or {"rows": 0, "kept": 0, "reasons": {}}
 
