@@ -66,9 +66,11 @@ def root_cause(exc: BaseException) -> str:
         chain.append(node)
         node = getattr(node, "cause", None) or node.__cause__
     for item in chain:
-        for line in str(item).splitlines():
-            if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit): ", line) \
-                    and not line.startswith("ray."):
+        lines = str(item).splitlines()
+        for prev, line in zip([""] + lines, lines):
+            # the exception line ending a traceback: unindented, right after an indented frame
+            if line and not line[0].isspace() and prev[:1].isspace() and ": " in line \
+                    and re.match(r"^[A-Za-z_][\w.]*: ", line) and not line.startswith("ray."):
                 return line.strip()
     text = str(chain[-1]).strip().splitlines()
     return f"{type(chain[-1]).__name__}: {text[0] if text else ''}"

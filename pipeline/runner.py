@@ -240,10 +240,16 @@ class RayGlobalContext(GlobalContext):
         return pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({})
 
     def map(self, fn: Callable[..., pa.Table], columns: list[str] | None = None,
-            **kwargs: Any) -> pa.Table:
-        if not self.input_files:
+            files: list[Path] | None = None, **kwargs: Any) -> pa.Table:
+        files = self.input_files if files is None else files
+        if not files:
             return pa.table({})
-        ds = ray.data.read_parquet([str(f) for f in self.input_files], columns=columns)
+        ds = ray.data.read_parquet([str(f) for f in files], columns=columns)
         ds = ds.map_batches(fn, batch_size=self.batch_size, batch_format="pyarrow", fn_kwargs=kwargs)
         tables = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
         return pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({})
+
+    def run_tasks(self, fn: Callable[..., Any], items: list, **kwargs: Any) -> list:
+        remote = ray.remote(fn)
+        shared = {k: ray.put(v) for k, v in kwargs.items()}
+        return ray.get([remote.remote(item, **shared) for item in items])

@@ -118,6 +118,12 @@ class GlobalContext:
         raise NotImplementedError
 
     def map(self, fn: Callable[..., pa.Table], columns: list[str] | None = None,
-            **kwargs: Any) -> pa.Table:
-        """Apply ``fn(batch, **kwargs)`` to every input batch in parallel; concatenate results."""
+            files: list[Path] | None = None, **kwargs: Any) -> pa.Table:
+        """Apply ``fn(batch, **kwargs)`` to every batch of the input (or of ``files``) in
+        parallel; concatenate the results. Keep results small: write bulk output to
+        ``scratch_dir`` from inside ``fn`` and return counts."""
+        raise NotImplementedError
+
+    def run_tasks(self, fn: Callable[..., Any], items: list, **kwargs: Any) -> list:
+        """Call ``fn(item, **kwargs)`` for every item in parallel; results in item order."""
         raise NotImplementedError

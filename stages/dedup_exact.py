@@ -2,12 +2,7 @@
 
 Pythia and every large corpus since deduplicate before anything else (Biderman et al. 2023;
 Lee et al. 2022, "Deduplicating Training Data Makes Language Models Better"). Which copy survives
-is a policy:
-
-    first       the first in input order (sources in config order, then path order)
-    lowest_id   the smallest ``id``
-    longest     the most characters (ties: input order)
-    highest     the highest value of ``column`` (e.g. a quality score; ties: input order)
+is a keep policy (``first``, ``lowest_id``, ``longest``, ``highest``; see ``stages/_clusters.py``).
 
 Drop reason: ``exact_duplicate``, with ``duplicate_of`` naming the kept id. Kept rows gain
 ``copies``, the size of their group, so a later mix can upsample by it.
@@ -23,6 +18,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from pipeline.stage import DROP_REASON, Decisions, GlobalContext
+from stages._clusters import keep_order
 
 VERSION = "1"
 
@@ -43,25 +39,19 @@ class Config(BaseModel):
 
 def decide(frame: pl.DataFrame, config: Config) -> pl.DataFrame:
     """Rank each group by the policy; every row but the best becomes a duplicate of it."""
-    ranked = frame.with_row_index("_order")
-    order = {"first": [pl.col("_order")], "lowest_id": [pl.col("id")],
-             "longest": [-pl.col("n_chars"), pl.col("_order")],
-             "highest": [(-pl.col(config.column or "id").cast(pl.Float64)).fill_null(float("inf")),
-                         pl.col("_order")]}
-    ranked = ranked.sort(order[config.keep])
+    ranked = keep_order(frame, config.keep, config.column)
     # a null key (no hash) groups with nothing: give each such row a key of its own
     ranked = ranked.with_columns(pl.col(config.key).cast(pl.String)
                                  .fill_null(pl.lit("\0") + pl.col("id")))
     grouped = ranked.with_columns(
-        pl.col("id").first().over(config.key).alias("keeper"),
+        pl.col("id").first().over(config.key, order_by="rank").alias("keeper"),
         pl.len().over(config.key).alias("copies").cast(pl.Int64),
     )
-    return grouped.select(
+    dropped = pl.col("id") != pl.col("keeper")
+    return grouped.sort("rank").select(
         "id",
-        pl.when(pl.col("id") != pl.col("keeper")).then(pl.lit("exact_duplicate"))
-        .otherwise(None).alias(DROP_REASON),
-        pl.when(pl.col("id") != pl.col("keeper")).then(pl.col("keeper"))
-        .otherwise(None).alias("duplicate_of"),
+        pl.when(dropped).then(pl.lit("exact_duplicate")).otherwise(None).alias(DROP_REASON),
+        pl.when(dropped).then(pl.col("keeper")).otherwise(None).alias("duplicate_of"),
         "copies",
     )
 
