@@ -15,8 +15,11 @@ Steps (each on Ray; this module only describes them):
    Every dropped document is within the threshold of the document it names, so clusters do
    not chain unrelated documents the way connected components over raw candidates do.
 
-Bands x rows come from datasketch's own optimizer for the threshold (Jaccard 0.8 and 128
-permutations give 9 bands of 13 rows). ``reference`` names Parquet datasets (e.g. a previous
+Bands x rows come from datasketch's own optimizer for the threshold. Candidates are verified,
+so a false positive costs one Jaccard computation while a false negative is a duplicate left
+in: the optimizer weighs them 0.02 / 0.98 (Jaccard 0.8, 128 permutations: 17 bands of 7 rows,
+a pair at exactly 0.8 becomes a candidate with probability 0.98); with ``verify = "none"`` the
+weights are datasketch's 0.5 / 0.5 (9 bands of 13 rows, probability 0.40 at 0.8). ``reference`` names Parquet datasets (e.g. a previous
 run's output) to dedup against: documents near-duplicating a reference document are dropped,
 the reference itself is never touched.
 
@@ -59,8 +62,8 @@ class Config(BaseModel):
     threshold: float = Field(default=0.8, gt=0.0, lt=1.0)
     bands: int | None = Field(default=None, ge=1)
     rows: int | None = Field(default=None, ge=1)
-    false_positive_weight: float = 0.5
-    false_negative_weight: float = 0.5
+    false_positive_weight: float | None = Field(default=None, ge=0.0)
+    false_negative_weight: float | None = Field(default=None, ge=0.0)
     verify: Literal["exact", "estimate", "none"] = "exact"
     keep: Literal["first", "lowest_id", "longest", "highest"] = "first"
     column: str | None = None
@@ -81,8 +84,11 @@ class Config(BaseModel):
     def band_params(self) -> tuple[int, int]:
         if self.bands and self.rows:
             return self.bands, self.rows
-        return _optimal_param(self.threshold, self.num_perm, self.false_positive_weight,
-                              self.false_negative_weight)
+        # Verified candidates cost a check, missed ones are lost: favour recall when verifying.
+        fp, fn = (0.02, 0.98) if self.verify != "none" else (0.5, 0.5)
+        return _optimal_param(self.threshold, self.num_perm,
+                              fp if self.false_positive_weight is None else self.false_positive_weight,
+                              fn if self.false_negative_weight is None else self.false_negative_weight)
 
 
 def signature_batch(batch: pa.Table, config: Config, out: str, prefix: str) -> pa.Table:
