@@ -31,6 +31,7 @@ from pipeline import io
 from pipeline.stage import BOOKKEEPING, DROP_REASON, STAGE_COLUMN, Decisions, GlobalContext
 
 log = logging.getLogger("pipeline")
+ROW_GROUP_BYTES = 16 * 2**20
 
 
 @contextlib.contextmanager
@@ -126,7 +127,10 @@ class StageSink(Datasink):
                 table = table.select(writer.schema.names).cast(writer.schema)
             except (pa.ArrowInvalid, KeyError, ValueError) as exc:
                 raise ValueError(f"batches of one stage must share a schema: {exc}") from exc
-        writer.write_table(table)
+        # row groups of about ROW_GROUP_BYTES: the unit later stages split their reads by
+        rows = max(1, int(table.num_rows * ROW_GROUP_BYTES / max(1, table.nbytes)))
+        for start in range(0, table.num_rows, rows):
+            writer.write_table(table.slice(start, rows))
 
     def on_write_complete(self, write_result) -> None:
         totals = {"rows": 0, "kept": 0, "reasons": Counter()}
@@ -154,6 +158,15 @@ def _run_read(batch: pa.Table, module: str, config: Any) -> Iterator[pa.Table]:
     reader = _stage_module(module)
     for unit in batch.column("unit").to_pylist():
         yield from reader.read(json.loads(unit), config)
+
+
+def read_parts(files: list[Path], columns: list[str] | None = None) -> "ray.data.Dataset":
+    """Read Parquet parts as at least 4 blocks per CPU where row groups allow, so one big part
+    file still spreads over every worker."""
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    groups = sum(pq.ParquetFile(f).metadata.num_row_groups for f in files)
+    blocks = max(len(files), min(groups, 4 * cpus))
+    return ray.data.read_parquet([str(f) for f in files], columns=columns, override_num_blocks=blocks)
 
 
 _DECISIONS: dict[str, pa.Table] = {}
@@ -204,7 +217,7 @@ class Executor:
 
     def record(self, files: list[Path], module: str, config: Any, kept_dir: Path,
                rejected_dir: Path, stage: str) -> dict:
-        ds = ray.data.read_parquet([str(f) for f in files])
+        ds = read_parts(files)
         ds = ds.map_batches(_run_process, batch_size=self.batch_size, batch_format="pyarrow",
                             fn_kwargs={"module": module, "config": config})
         return self._write(ds, kept_dir, rejected_dir, stage)
@@ -217,7 +230,7 @@ class Executor:
         if pc.count_distinct(table.column("id")).as_py() != table.num_rows:
             raise ValueError(f"stage {stage!r}: Decisions hold an id more than once")
         ref = ray.put(table)
-        ds = ray.data.read_parquet([str(f) for f in files])
+        ds = read_parts(files)
         ds = ds.map_batches(_join_decisions, batch_size=self.batch_size, batch_format="pyarrow",
                             fn_kwargs={"ref": ref})
         return self._write(ds, kept_dir, rejected_dir, stage, tuple(decisions.rejected_only))
@@ -244,7 +257,7 @@ class RayGlobalContext(GlobalContext):
         files = self.input_files if files is None else files
         if not files:
             return pa.table({})
-        ds = ray.data.read_parquet([str(f) for f in files], columns=columns)
+        ds = read_parts(files, columns)
         ds = ds.map_batches(fn, batch_size=self.batch_size, batch_format="pyarrow", fn_kwargs=kwargs)
         tables = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
         return pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({})

@@ -30,6 +30,7 @@ Drop reasons: ``near_duplicate`` and ``reference_duplicate``, with ``duplicate_o
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 from typing import Literal
 
@@ -37,7 +38,6 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 from datasketch.lsh import _false_negative_probability, _false_positive_probability, _optimal_param
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -134,27 +134,26 @@ def bucket_pairs(part: int, out: str, max_bucket: int) -> pa.Table:
     return pa.table({"a": pa.array(left, pa.string()), "b": pa.array(right, pa.string())})
 
 
-def _texts(ids: list[str], files: list[str], column: str) -> dict[str, str]:
-    if not ids or not files:
-        return {}
-    table = pads.dataset(files, format="parquet").to_table(
-        columns=["id", column], filter=pc.field("id").isin(pa.array(ids, pa.string())))
-    return dict(zip(table.column("id").to_pylist(), table.column(column).to_pylist()))
+def shingles_of_ids(batch: pa.Table, config: Config, ids: set, prefix: str) -> pa.Table:
+    """Sorted shingle sets of the documents of a batch whose id is in ``ids``."""
+    mask = pc.is_in(pc.binary_join_element_wise(prefix, batch.column("id"), ""),
+                    value_set=pa.array(sorted(ids), pa.string()))
+    chosen = batch.filter(mask)
+    values, offsets = mh.shingle_sets_of(chosen.column(config.text_column), config.ngram,
+                                         config.unit, unique=True)
+    lists = pa.LargeListArray.from_arrays(pa.array(offsets, pa.int64()), pa.array(values, pa.uint64()))
+    ids_out = pc.binary_join_element_wise(prefix, chosen.column("id"), "")
+    return pa.table({"id": ids_out, "shingles": lists})
 
 
-def verify_pairs(pairs: pa.Table, config: Config, input_files: list[str],
-                 ref_files: list[str]) -> pa.Table:
+def score_pairs(pairs: pl.DataFrame, sets: pa.Table, config: Config) -> pl.DataFrame:
     """Jaccard of each candidate pair, exact (shingle sets) or estimated (signatures)."""
-    ids = sorted(set(pairs.column("a").to_pylist()) | set(pairs.column("b").to_pylist()))
-    texts = _texts([i for i in ids if not i.startswith(REF)], input_files, config.text_column)
-    ref = _texts([i[len(REF):] for i in ids if i.startswith(REF)], ref_files, config.text_column)
-    texts.update({REF + k: v for k, v in ref.items()})
-    order = [i for i in ids if i in texts]
-    index = {doc: n for n, doc in enumerate(order)}
-    values, offsets = mh.shingle_sets_of(pa.array([texts[i] for i in order], pa.string()),
-                                         config.ngram, config.unit, unique=True)
-    left = np.array([index.get(x, -1) for x in pairs.column("a").to_pylist()], dtype=np.int64)
-    right = np.array([index.get(x, -1) for x in pairs.column("b").to_pylist()], dtype=np.int64)
+    index = {doc: n for n, doc in enumerate(sets.column("id").to_pylist())}
+    shingles = sets.column("shingles").combine_chunks() if sets.num_rows else pa.array([], pa.large_list(pa.uint64()))
+    values = shingles.values.to_numpy() if sets.num_rows else np.zeros(0, np.uint64)
+    offsets = shingles.offsets.to_numpy() if sets.num_rows else np.zeros(1, np.int64)
+    left = np.array([index.get(x, -1) for x in pairs["a"].to_list()], dtype=np.int64)
+    right = np.array([index.get(x, -1) for x in pairs["b"].to_list()], dtype=np.int64)
     found = (left >= 0) & (right >= 0)
     score = np.zeros(len(left))
     if config.verify == "estimate":
@@ -163,11 +162,18 @@ def verify_pairs(pairs: pa.Table, config: Config, input_files: list[str],
         score[found] = (sig[left[found]] == sig[right[found]]).mean(axis=1)
     else:
         score[found] = mh.pair_jaccard(values, offsets, left[found], right[found])
-    return pairs.append_column("jaccard", pa.array(score, pa.float64()))
+    return pairs.with_columns(pl.Series("jaccard", score))
 
 
 def run(ctx: GlobalContext, config: Config) -> Decisions:
     bands, rows = config.band_params()
+    clock = [time.perf_counter()]
+    timings: dict[str, float] = {}
+
+    def lap(name: str) -> None:
+        clock.append(time.perf_counter())
+        timings[name] = round(clock[-1] - clock[-2], 3)
+
     out = str(ctx.scratch_dir / "bands")
     ref_files = [str(p) for r in config.reference for p in (io.parquet_parts(Path(r)) or [Path(r)])]
     counts = pl.from_arrow(ctx.map(signature_batch, columns=["id", config.text_column],
@@ -175,24 +181,32 @@ def run(ctx: GlobalContext, config: Config) -> Decisions:
     if ref_files:
         ctx.map(signature_batch, columns=["id", config.text_column], files=[Path(f) for f in ref_files],
                 config=config, out=out, prefix=REF)
+    lap("signatures_s")
     pair_tables = ctx.run_tasks(bucket_pairs, list(range(config.partitions)), out=out,
                                 max_bucket=config.max_bucket)
     pairs = pl.concat([pl.from_arrow(t) for t in pair_tables]) if pair_tables else pl.DataFrame()
     pairs = pairs.select(pl.min_horizontal("a", "b").alias("a"), pl.max_horizontal("a", "b").alias("b")) \
         .unique().filter(~(pl.col("a").str.starts_with(REF) & pl.col("b").str.starts_with(REF))) \
         .sort("a", "b")
+    lap("candidates_s")
     if config.verify == "none":
         edges = pairs.with_columns(pl.lit(1.0).alias("jaccard"))
     else:
-        chunks = [c.to_arrow() for c in pairs.iter_slices(max(1, -(-pairs.height // (4 * config.partitions))))]
-        scored = ctx.run_tasks(verify_pairs, chunks, config=config,
-                               input_files=[str(f) for f in ctx.input_files], ref_files=ref_files)
-        edges = pl.concat([pl.from_arrow(t) for t in scored]) if scored else pairs.with_columns(
-            pl.lit(0.0).alias("jaccard"))
-        edges = edges.filter(pl.col("jaccard") >= config.threshold)
+        involved = set(pairs["a"].to_list()) | set(pairs["b"].to_list())
+        sets = [ctx.map(shingles_of_ids, columns=["id", config.text_column], config=config,
+                        ids=involved, prefix="")] if pairs.height else []
+        if ref_files and pairs.height:
+            sets.append(ctx.map(shingles_of_ids, columns=["id", config.text_column],
+                                files=[Path(f) for f in ref_files], config=config, ids=involved,
+                                prefix=REF))
+        sets = [t for t in sets if t.num_rows]
+        table = pa.concat_tables(sets) if sets else pa.table({"id": pa.array([], pa.string())})
+        edges = score_pairs(pairs, table, config).filter(pl.col("jaccard") >= config.threshold)
+    lap("verify_s")
     columns = ["id"] + {"longest": ["n_chars"], "highest": [config.column]}.get(config.keep, [])
     order = keep_order(pl.from_arrow(ctx.read(columns)), config.keep, config.column)
     table = greedy_clusters(order, edges, REF)
+    lap("clusters_s")
     info = {
         "bands": bands, "rows": rows, "num_perm": config.num_perm, "threshold": config.threshold,
         "shingle": f"{config.unit} {config.ngram}-grams", "scheme": config.scheme, "verify": config.verify,
@@ -203,7 +217,7 @@ def run(ctx: GlobalContext, config: Config) -> Decisions:
         "candidate_pairs": pairs.height, "verified_pairs": edges.height,
         "near_duplicates": int((table["drop_reason"] == "near_duplicate").sum()),
         "reference_duplicates": int((table["drop_reason"] == "reference_duplicate").sum()),
-        "cluster_sizes": size_histogram(table),
+        "cluster_sizes": size_histogram(table), "timings": timings,
     }
     return Decisions(table=table.to_arrow().cast(pa.schema([
         ("id", pa.string()), (DROP_REASON, pa.string()), ("duplicate_of", pa.string()),

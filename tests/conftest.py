@@ -31,11 +31,11 @@ def write_jsonl(path: Path, rows: list) -> Path:
 
 
 def make_config(folder: Path, sources: str, stages: str, datasets: str = "", name: str = "t",
-                extra: str = "") -> Path:
+                extra: str = "", batch_size: int = 50) -> Path:
     """Write a pipeline.toml into ``folder``; the TOML snippets are dedented."""
     text = "\n".join([
         f'[run]\nname = "{name}"\nroot = "runs"\n',
-        '[ray]\nbatch_size = 50\n',
+        f'[ray]\nbatch_size = {batch_size}\n',
         textwrap.dedent(extra), textwrap.dedent(sources), textwrap.dedent(stages),
         textwrap.dedent(datasets),
     ])

@@ -1,0 +1,216 @@
+"""MinHash dedup benchmark: our signature step vs datasketch and rensa, plus the whole stage.
+
+Corpus: about 100 MB of the default corpus (this interpreter's stdlib and site-packages Python
+files, in path order) plus mutated copies of 300 of them (1, 2, 3, 5, 10% of words replaced).
+Same parameters everywhere: word 5-grams of the same normalized text, 128 permutations,
+Jaccard threshold 0.8. Peers get the normalized text and build 5-gram strings in Python, as
+their users do. Writes ``bench/results/dedup.json``.
+
+    pip install -e '.[bench]'; python bench/dedup.py
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import random
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import psutil
+import pyarrow as pa
+import ray
+from rich.console import Console
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from pipeline.config import load_config  # noqa: E402
+from pipeline.run import run_pipeline  # noqa: E402
+from stages import _minhash as mh  # noqa: E402
+from stages.dedup_minhash import Config  # noqa: E402
+from tests.conftest import make_config, write_jsonl  # noqa: E402
+from tests.stages.test_dedup_minhash import mutate  # noqa: E402
+
+TARGET_BYTES = 100_000_000
+PEER_BYTES = 20_000_000  # datasketch is slow: time it on the first 20 MB
+
+
+def corpus() -> tuple[list[str], list[tuple[int, int]]]:
+    import sysconfig
+
+    docs: list[str] = []
+    size = 0
+    for key in ("stdlib", "purelib"):
+        for path in sorted(Path(sysconfig.get_paths()[key]).rglob("*.py")):
+            try:
+                text = path.read_text(encoding="utf-8")
+            except (UnicodeDecodeError, OSError):
+                continue
+            if text.strip():
+                docs.append(text)
+                size += len(text.encode())
+            if size >= TARGET_BYTES:
+                break
+        if size >= TARGET_BYTES:
+            break
+    rng = random.Random(0)
+    long_docs = [i for i, d in enumerate(docs) if len(d.split()) >= 300]
+    planted = []
+    for k, i in enumerate(rng.sample(long_docs, 300)):
+        planted.append((i, len(docs)))
+        docs.append(mutate(docs[i], [0.01, 0.02, 0.03, 0.05, 0.10][k % 5], rng))
+    return docs, planted
+
+
+def ours_seconds(text: pa.Array, config: Config) -> float:
+    bands, rows = config.band_params()
+    a, b = mh.permutations(128, 1, "affine64")
+    small = text.slice(0, 50)
+    mh.band_keys(mh.signatures(*mh.shingle_sets_of(small, 5, "word", False), a, b, False), bands, rows)
+    start = time.perf_counter()
+    for chunk in range(0, len(text), 2000):
+        values, offsets = mh.shingle_sets_of(text.slice(chunk, 2000), 5, "word", unique=False)
+        mh.band_keys(mh.signatures(values, offsets, a, b, False), bands, rows)
+    return time.perf_counter() - start
+
+
+def five_grams(text: str) -> list[str]:
+    words = text.split()
+    return [" ".join(words[i:i + 5]) for i in range(max(1, len(words) - 4))]
+
+
+def peer_seconds(texts: list[str], peer: str) -> float:
+    from datasketch import MinHash
+    from rensa import RMinHash
+
+    start = time.perf_counter()
+    normalized = mh.normalize(pa.array(texts)).to_pylist()
+    for text in normalized:
+        grams = five_grams(text)
+        if peer == "datasketch":
+            MinHash(num_perm=128, seed=1).update_batch([g.encode() for g in grams])
+        else:
+            m = RMinHash(num_perm=128, seed=1)
+            m.update(grams)
+            m.digest()
+    return time.perf_counter() - start
+
+
+class PeakRss:
+    """Peak summed RSS of this process and its children (Ray workers) while running."""
+
+    def __init__(self):
+        self.peak, self._stop = 0, threading.Event()
+
+    def _sample(self):
+        me = psutil.Process()
+        while not self._stop.is_set():
+            total = 0
+            for proc in [me] + me.children(recursive=True):
+                try:
+                    total += proc.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
+            time.sleep(0.2)
+
+    def __enter__(self):
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def stage_run(folder: Path, workers: int) -> tuple[dict, Path]:
+    ray.init(num_cpus=workers, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+    try:
+        path = make_config(folder, '[[sources]]\nname = "d"\nkind = "jsonl"\npath = "data"\n',
+                           "[stages.ingest]\n[stages.dedup_minhash]\n", name=f"w{workers}",
+                           batch_size=2000)
+        quiet = Console(file=open("/dev/null", "w"))
+        with PeakRss() as rss:
+            cold = run_pipeline(load_config(path), console=quiet)
+        # again on the warm workers (imports and compiled kernels loaded): the steady state
+        warm = run_pipeline(load_config(path), force=["dedup_minhash"], console=quiet)
+    finally:
+        ray.shutdown()
+    return {**warm.records[1], "cold_wall_s": cold.records[1]["wall_s"], "peak_rss": rss.peak}, warm.run_dir
+
+
+def accuracy(run_dir: Path, planted: list[tuple[int, int]], ids: dict[int, str]) -> tuple[float, float]:
+    rows = pl.concat([pl.read_parquet(run_dir / "stages" / "02-dedup_minhash" / "*.parquet",
+                                      columns=["id", "cluster_id", "text"]),
+                      pl.read_parquet(run_dir / "rejected" / "02-dedup_minhash" / "*.parquet",
+                                      columns=["id", "cluster_id", "text"])])
+    cluster = dict(zip(rows["id"], rows["cluster_id"]))
+    text = dict(zip(rows["id"], rows["text"]))
+
+    def jaccard(x: str, y: str) -> float:
+        values, offsets = mh.shingle_sets_of(pa.array([text[x], text[y]]), 5, "word")
+        return float(mh.pair_jaccard(values, offsets, np.array([0]), np.array([1]))[0])
+
+    predicted = [p for members in rows.group_by("cluster_id").agg("id")["id"].to_list()
+                 if len(members) > 1 for p in itertools.combinations(members, 2)]
+    precision = np.mean([jaccard(x, y) >= 0.8 for x, y in predicted]) if predicted else 1.0
+    truth = [(ids[i], ids[j]) for i, j in planted if jaccard(ids[i], ids[j]) >= 0.8]
+    recall = np.mean([cluster[x] == cluster[y] for x, y in truth]) if truth else 1.0
+    return float(precision), float(recall)
+
+
+def main() -> None:
+    docs, planted = corpus()
+    text = pa.array(docs, pa.large_string())
+    total_mb = sum(len(d.encode()) for d in docs) / 1e6
+    ours = ours_seconds(text, Config())
+    peer_docs = []
+    size = 0
+    for d in docs:
+        peer_docs.append(d)
+        size += len(d.encode())
+        if size >= PEER_BYTES:
+            break
+    peer_mb = size / 1e6
+    datasketch_s = peer_seconds(peer_docs, "datasketch")
+    rensa_s = peer_seconds(docs, "rensa")
+    work = Path(tempfile.mkdtemp(prefix="bench-dedup-"))
+    write_jsonl(work / "data" / "corpus.jsonl", [{"text": d} for d in docs])
+    one, _ = stage_run(work, 1)
+    two, run_dir = stage_run(work, 2)
+    ingest = pl.read_parquet(run_dir / "stages" / "01-ingest" / "*.parquet", columns=["id", "meta"])
+    line_ids = {json.loads(m)["line"] - 1: i for i, m in zip(ingest["id"], ingest["meta"])}
+    precision, recall = accuracy(run_dir, [p for p in planted if p[0] in line_ids and p[1] in line_ids],
+                                 line_ids)
+    results = {
+        "corpus_mb": round(total_mb, 1), "documents": len(docs), "planted_copies": len(planted),
+        "ours_mb_per_s_per_core": round(total_mb / ours, 2),
+        "datasketch_mb_per_s_per_core": round(peer_mb / datasketch_s, 2),
+        "rensa_mb_per_s_per_core": round(total_mb / rensa_s, 2),
+        "ratio_vs_rensa": round((total_mb / ours) / (total_mb / rensa_s), 3),
+        "ratio_vs_datasketch": round((total_mb / ours) / (peer_mb / datasketch_s), 3),
+        "precision": round(precision, 4), "recall": round(recall, 4),
+        "speedup_2_workers": round(one["wall_s"] / two["wall_s"], 3),
+        "end_to_end_s": two["wall_s"], "end_to_end_s_1_worker": one["wall_s"],
+        "end_to_end_cold_s": two["cold_wall_s"], "end_to_end_cold_s_1_worker": one["cold_wall_s"],
+        "peak_rss_mb": round(two["peak_rss"] / 2**20, 1),
+        "near_duplicates": two["rejected_by_reason"].get("near_duplicate", 0),
+        "candidate_pairs": two["info"]["candidate_pairs"], "verified_pairs": two["info"]["verified_pairs"],
+        "bands_x_rows": f"{two['info']['bands']}x{two['info']['rows']}",
+        "phases_2_workers": two["info"]["timings"], "phases_1_worker": one["info"]["timings"],
+    }
+    out = ROOT / "bench" / "results" / "dedup.json"
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
