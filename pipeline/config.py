@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pipeline import stage as stage_api
+from pipeline.llm import LLMConfig
 
 
 class ConfigError(ValueError):
@@ -94,6 +95,7 @@ class StageEntry(Strict):
 class PipelineConfig(Strict):
     run: RunSection
     ray: RaySection = Field(default_factory=RaySection)
+    llm: LLMConfig = Field(default_factory=LLMConfig)
     sources: list[SourceConfig] = Field(default_factory=list)
     stages: list[StageEntry]
     datasets: dict[str, DatasetSpec] = Field(default_factory=dict)
@@ -115,6 +117,16 @@ class PipelineConfig(Strict):
 
     def stage_names(self) -> list[str]:
         return [s.name for s in self.stages]
+
+    def needs_llm(self) -> bool:
+        return any(getattr(s.module, "USES_LLM", False) for s in self.stages if s.enabled)
+
+    @property
+    def llm_cache(self) -> Path:
+        if self.llm.cache:
+            path = Path(self.llm.cache)
+            return path if path.is_absolute() else (self.path.parent / path).resolve()
+        return self.run_dir / "llm-cache" / "cache.sqlite"
 
 
 PLACEHOLDERS = {

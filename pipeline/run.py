@@ -15,6 +15,7 @@ stage never looks finished.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import platform
@@ -31,9 +32,13 @@ from rich.console import Console
 
 from pipeline import card, io, ledger, runner
 from pipeline.config import PipelineConfig, StageEntry
+from pipeline.serve import Teacher
 from pipeline.stage import Decisions, Records, role_of
 
 log = logging.getLogger("pipeline")
+
+
+LLM_OUTPUT_KEYS = {"base_url", "model", "temperature", "top_p", "max_tokens", "seed", "repair_attempts"}
 
 
 class RunError(RuntimeError):
@@ -121,10 +126,19 @@ def run_pipeline(cfg: PipelineConfig, only: list[str] | None = None, force: list
     _clean_temp(run_dir)
     result = RunResult(run_dir)
     log.info("run %s in %s (log %s)", cfg.run.name, run_dir, log_path)
-    with runner.ray_session(cfg.ray.address, cfg.ray.num_cpus, log_path) as session:
+    with contextlib.ExitStack() as stack:
+        session = stack.enter_context(runner.ray_session(cfg.ray.address, cfg.ray.num_cpus, log_path))
         console.print(f"[dim]ray: {session['address']}, {session['cpus']} CPUs; "
                       f"run folder {run_dir}; log {log_path}[/dim]")
-        executor = runner.Executor(cfg.ray.batch_size)
+        llm_handle = None
+        if cfg.needs_llm():
+            base_url = cfg.llm.base_url
+            if not base_url:
+                teacher = Teacher(run_dir / "logs" / "teacher.log")
+                base_url = stack.enter_context(teacher)
+                console.print(f"[dim]embedded teacher {cfg.llm.model} at {base_url}[/dim]")
+            llm_handle = runner.start_llm(cfg.llm, base_url, cfg.llm_cache)
+        executor = runner.Executor(cfg.ray.batch_size, llm_handle)
         by_name: dict[str, dict] = {}
         previous: str | None = None
         for index, entry in enumerate(cfg.stages, start=1):
@@ -173,7 +187,8 @@ def _stage(cfg: PipelineConfig, index: int, entry: StageEntry, upstream: str | N
             raise RunError(f"stage {entry.name!r} reads {upstream!r}, which has not finished; "
                            f"run it first (--only {upstream}) or drop --only")
         input_fp = by_name[upstream]["output_fingerprint"]
-        config_hash = entry.config_hash()
+        uses_llm = getattr(entry.module, "USES_LLM", False)
+        config_hash = entry.config_hash(cfg.llm.model_dump(include=LLM_OUTPUT_KEYS) if uses_llm else None)
     if (existing and entry.name not in force and existing.get("config_hash") == config_hash
             and existing.get("input_fingerprint") == input_fp):
         console.print(f"[green]✓[/green] {folder.name}: unchanged, skipped")
@@ -240,14 +255,21 @@ def _run_non_source(cfg: PipelineConfig, entry: StageEntry, role: str, input_fil
     module = entry.module
     if not input_files:
         return {"rows": 0, "kept": 0, "reasons": {}}
+    llm = executor.llm_for(entry.name, cfg.llm.model) if getattr(module, "USES_LLM", False) else None
     if role == "record":
-        return executor.record(input_files, module.__name__, entry.config, tmp_out, tmp_rej, entry.name)
+        totals = executor.record(input_files, module.__name__, entry.config, tmp_out, tmp_rej,
+                                 entry.name, llm)
+        if llm is not None:
+            info["llm_usage"] = llm.usage()
+        return totals
     scratch = io.temp_sibling(cfg.run_dir / "scratch" / entry.name)
     scratch.mkdir(parents=True, exist_ok=True)
     try:
-        ctx = runner.RayGlobalContext(input_files, scratch, cfg.run.seed, cfg.ray.batch_size)
+        ctx = runner.RayGlobalContext(input_files, scratch, cfg.run.seed, cfg.ray.batch_size, llm)
         out = module.run(ctx, entry.config)
         info.update(out.info)
+        if llm is not None:
+            info["llm_usage"] = llm.usage()
         if isinstance(out, Decisions):
             return executor.decisions(input_files, out, tmp_out, tmp_rej, entry.name)
         if isinstance(out, Records):

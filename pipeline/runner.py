@@ -28,6 +28,7 @@ import ray.data
 from ray.data.datasource import Datasink
 
 from pipeline import io
+from pipeline.llm import LLMClient, LLMConfig, Request, Result
 from pipeline.stage import BOOKKEEPING, DROP_REASON, STAGE_COLUMN, Decisions, GlobalContext
 
 log = logging.getLogger("pipeline")
@@ -142,12 +143,44 @@ class StageSink(Datasink):
         self.totals = totals
 
 
+@ray.remote(num_cpus=0, max_concurrency=1024)
+class LLMActor:
+    """The run's one LLM client: every worker's requests share its concurrency limit and cache."""
+
+    def __init__(self, config: LLMConfig, base_url: str, cache_path: str | None):
+        self.client = LLMClient(config, base_url, Path(cache_path) if cache_path else None)
+
+    async def many(self, requests: list[Request], stage: str, model: Any = None) -> list[Result]:
+        return await self.client.many(requests, stage, model)
+
+    def usage(self, stage: str | None = None) -> list[dict]:
+        return self.client.usage_report(stage)
+
+
+class ActorLLM:
+    """What a stage receives as ``llm``: ``llm.chat(requests, model=None) -> list[Result]``."""
+
+    def __init__(self, handle: Any, stage: str, model_name: str):
+        self.handle, self.stage, self.model_name = handle, stage, model_name
+
+    def chat(self, requests: list[Request], model: Any = None) -> list[Result]:
+        return ray.get(self.handle.many.remote(requests, self.stage, model))
+
+    def usage(self) -> list[dict]:
+        return ray.get(self.handle.usage.remote(self.stage))
+
+
+def start_llm(config: LLMConfig, base_url: str, cache_path: Path | None) -> Any:
+    return LLMActor.remote(config, base_url, str(cache_path) if cache_path else None)
+
+
 def _stage_module(name: str):
     return importlib.import_module(name)
 
 
-def _run_process(batch: pa.Table, module: str, config: Any) -> pa.Table:
-    out = _stage_module(module).process(batch, config)
+def _run_process(batch: pa.Table, module: str, config: Any, llm: Any = None) -> pa.Table:
+    fn = _stage_module(module).process
+    out = fn(batch, config, llm) if llm is not None else fn(batch, config)
     if out.num_rows != batch.num_rows:
         raise ValueError(f"{module}.process returned {out.num_rows} rows for {batch.num_rows}; "
                          "a record stage keeps one row per input row (drop with drop_reason)")
@@ -195,8 +228,11 @@ class Executor:
     exception raised by stage code is not retried and fails the stage.
     """
 
-    def __init__(self, batch_size: int):
-        self.batch_size = batch_size
+    def __init__(self, batch_size: int, llm_handle: Any = None):
+        self.batch_size, self.llm_handle = batch_size, llm_handle
+
+    def llm_for(self, stage: str, model_name: str) -> ActorLLM | None:
+        return ActorLLM(self.llm_handle, stage, model_name) if self.llm_handle is not None else None
 
     def _write(self, ds: ray.data.Dataset, kept_dir: Path, rejected_dir: Path, stage: str,
                rejected_only: tuple[str, ...] = ()) -> dict:
@@ -216,10 +252,10 @@ class Executor:
         return self._write(ds, kept_dir, rejected_dir, stage)
 
     def record(self, files: list[Path], module: str, config: Any, kept_dir: Path,
-               rejected_dir: Path, stage: str) -> dict:
+               rejected_dir: Path, stage: str, llm: Any = None) -> dict:
         ds = read_parts(files)
         ds = ds.map_batches(_run_process, batch_size=self.batch_size, batch_format="pyarrow",
-                            fn_kwargs={"module": module, "config": config})
+                            fn_kwargs={"module": module, "config": config, "llm": llm})
         return self._write(ds, kept_dir, rejected_dir, stage)
 
     def decisions(self, files: list[Path], decisions: Decisions, kept_dir: Path,
@@ -244,9 +280,10 @@ class Executor:
 
 
 class RayGlobalContext(GlobalContext):
-    def __init__(self, input_files: list[Path], scratch_dir: Path, seed: int, batch_size: int):
+    def __init__(self, input_files: list[Path], scratch_dir: Path, seed: int, batch_size: int,
+                 llm: Any = None):
         self.input_files, self.scratch_dir, self.seed = input_files, scratch_dir, seed
-        self.batch_size = batch_size
+        self.batch_size, self.llm = batch_size, llm
 
     def read(self, columns: list[str] | None = None) -> pa.Table:
         tables = [pq.read_table(f, columns=columns) for f in self.input_files]

@@ -7,7 +7,9 @@ the config hash). Then exactly one of:
 - **source** stage: ``plan(sources, config) -> list[dict]`` splits the inputs into JSON-able work
   units, and ``read(unit, config) -> Iterator[pa.Table]`` turns one unit into record batches.
 - **record** stage: ``process(batch: pa.Table, config) -> pa.Table``, a pure function returning
-  the batch, one row per input row, with a ``drop_reason`` column (null = kept).
+  the batch, one row per input row, with a ``drop_reason`` column (null = kept). A stage that
+  sets ``USES_LLM = True`` gets a third argument ``llm`` (``llm.chat(requests, model=None)``,
+  see ``pipeline/llm.py``); global stages find it as ``ctx.llm``.
 - **global** stage: ``run(ctx: GlobalContext, config) -> Decisions | Records`` sees the whole
   input (dedup clustering, selection, bootstrapping loops).
 
@@ -113,6 +115,7 @@ class GlobalContext:
     input_files: list[Path]
     scratch_dir: Path
     seed: int
+    llm: Any = None  # for stages with USES_LLM = True: llm.chat(requests, model=None)
 
     def read(self, columns: list[str] | None = None) -> pa.Table:
         raise NotImplementedError

@@ -1,0 +1,260 @@
+"""The LLM layer: one OpenAI-compatible client for every stage that talks to a model.
+
+- ``AsyncOpenAI`` against any endpoint (OpenAI, vLLM, llama.cpp server), with at most
+  ``max_concurrency`` requests in flight. On Ray the runner hosts one client in a single async
+  actor per run, so the limit holds for the whole run however many workers send requests.
+- Retries with exponential backoff and full jitter on 429 (honouring ``Retry-After``), 5xx,
+  timeouts and dropped connections; 400/401/403/404/422 fail at once with a clear error.
+- A persistent SQLite response cache (WAL, safe for several processes and runs) keyed by a hash
+  of (model, messages, sampling parameters, seed, n): a rerun makes no request it already paid for.
+- ``json_model``: asks for JSON, validates it against a pydantic model, and makes a bounded number
+  of repair attempts; a completion cut by ``finish_reason == "length"`` is a truncation, never
+  parsed as if whole.
+- A call that finally fails is a ``Result`` with ``error`` (``llm_error:429``, ``llm_timeout``,
+  ``llm_truncated``, ``llm_invalid_json`` ...), which stages turn into rejected records.
+- Usage (requests, cache hits, failures, prompt/completion tokens) per stage and model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import random
+import re
+import sqlite3
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import openai
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+NO_RETRY = {400, 401, 403, 404, 422}
+
+
+class LLMConfig(BaseModel):
+    """``[llm]``: the endpoint and sampling defaults of a run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: str | None = None  # None: the embedded teacher (llama.cpp serving SmolLM2-135M)
+    model: str = "SmolLM2-135M-Instruct"
+    api_key_env: str | None = None  # the NAME of the environment variable holding the key
+    temperature: float = Field(default=0.7, ge=0.0, le=2.0)
+    top_p: float = Field(default=0.95, gt=0.0, le=1.0)
+    max_tokens: int = Field(default=512, ge=1)
+    seed: int | None = 0
+    max_concurrency: int = Field(default=8, ge=1)
+    timeout_s: float = Field(default=120.0, gt=0)
+    max_retries: int = Field(default=5, ge=0)
+    backoff_s: float = Field(default=0.5, gt=0)
+    max_backoff_s: float = Field(default=30.0, gt=0)
+    repair_attempts: int = Field(default=2, ge=0)
+    cache: str | None = None  # SQLite file; default runs/NAME/llm-cache/cache.sqlite
+
+
+@dataclass
+class Request:
+    messages: list[dict]
+    temperature: float | None = None
+    max_tokens: int | None = None
+    n: int = 1
+    seed: int | None = None
+    json_mode: bool = False
+
+
+@dataclass
+class Result:
+    texts: list[str] = field(default_factory=list)
+    finish_reasons: list[str] = field(default_factory=list)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached: bool = False
+    error: str | None = None
+    detail: str | None = None
+    parsed: Any = None
+
+    @property
+    def text(self) -> str | None:
+        return self.texts[0] if self.texts else None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class ResponseCache:
+    """A SQLite key-value store of completed responses; WAL mode for concurrent writers."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(self.path), timeout=60, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        self._db.commit()
+
+    def get(self, key: str) -> dict | None:
+        row = self._db.execute("SELECT value FROM responses WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def put(self, key: str, value: dict) -> None:
+        self._db.execute("INSERT OR REPLACE INTO responses (key, value) VALUES (?, ?)",
+                         (key, json.dumps(value)))
+        self._db.commit()
+
+    def __len__(self) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def extract_json(text: str) -> Any:
+    """The JSON object in a completion (tolerating code fences and surrounding prose)."""
+    fenced = re.search(r"```(?:json)?\s*(.*?)```", text, re.S)
+    candidate = fenced.group(1) if fenced else text
+    start = min([i for i in (candidate.find("{"), candidate.find("[")) if i >= 0], default=-1)
+    if start < 0:
+        raise ValueError("no JSON object in the reply")
+    obj, _ = json.JSONDecoder().raw_decode(candidate[start:])
+    return obj
+
+
+class LLMClient:
+    """Async client with a concurrency limit, retries, a response cache and usage counters."""
+
+    def __init__(self, config: LLMConfig, base_url: str, cache_path: Path | None = None):
+        self.config = config
+        key = os.environ.get(config.api_key_env, "") if config.api_key_env else "no-key"
+        if config.api_key_env and not key:
+            raise ValueError(f"[llm] api_key_env names {config.api_key_env}, which is not set")
+        self._client = openai.AsyncOpenAI(base_url=base_url, api_key=key or "no-key",
+                                          timeout=config.timeout_s, max_retries=0)
+        self._limit = asyncio.Semaphore(config.max_concurrency)  # use the client in one event loop
+        self.cache = ResponseCache(cache_path) if cache_path else None
+        self.usage: dict[tuple[str, str], dict[str, int]] = defaultdict(
+            lambda: {"requests": 0, "cache_hits": 0, "failures": 0, "retries": 0,
+                     "prompt_tokens": 0, "completion_tokens": 0})
+
+    def params(self, request: Request) -> dict:
+        cfg = self.config
+        out = {"model": cfg.model, "messages": request.messages,
+               "temperature": cfg.temperature if request.temperature is None else request.temperature,
+               "top_p": cfg.top_p, "max_tokens": request.max_tokens or cfg.max_tokens, "n": request.n,
+               "seed": cfg.seed if request.seed is None else request.seed}
+        if request.json_mode:
+            out["response_format"] = {"type": "json_object"}
+        return out
+
+    @staticmethod
+    def cache_key(params: dict) -> str:
+        return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
+
+    async def chat(self, request: Request, stage: str = "") -> Result:
+        params = self.params(request)
+        key = self.cache_key(params)
+        usage = self.usage[(stage, self.config.model)]
+        if self.cache is not None and (hit := self.cache.get(key)) is not None:
+            usage["cache_hits"] += 1
+            return Result(**hit, cached=True)
+        result = await self._call(params, usage)
+        if result.ok and self.cache is not None:
+            self.cache.put(key, {"texts": result.texts, "finish_reasons": result.finish_reasons,
+                                 "prompt_tokens": result.prompt_tokens,
+                                 "completion_tokens": result.completion_tokens})
+        return result
+
+    async def _call(self, params: dict, usage: dict) -> Result:
+        attempt = 0
+        while True:
+            wait = None
+            async with self._limit:
+                usage["requests"] += 1
+                try:
+                    resp = await self._client.chat.completions.create(**params)
+                    texts = [c.message.content or "" for c in resp.choices]
+                    reasons = [c.finish_reason or "stop" for c in resp.choices]
+                    if not texts:
+                        raise ValueError("the response has no choices")
+                    prompt = resp.usage.prompt_tokens if resp.usage else 0
+                    completion = resp.usage.completion_tokens if resp.usage else 0
+                    usage["prompt_tokens"] += prompt
+                    usage["completion_tokens"] += completion
+                    return Result(texts, reasons, prompt, completion)
+                except openai.APIStatusError as exc:
+                    code = exc.status_code
+                    error, detail = f"llm_error:{code}", _message(exc)
+                    if code in NO_RETRY or (code < 500 and code != 429):
+                        usage["failures"] += 1
+                        return Result(error=error, detail=detail)
+                    wait = _retry_after(exc)
+                except openai.APITimeoutError as exc:
+                    error, detail = "llm_timeout", str(exc)
+                except openai.APIConnectionError as exc:
+                    error, detail = "llm_connection_error", str(exc)
+                except (ValueError, AttributeError, TypeError, json.JSONDecodeError) as exc:
+                    error, detail = "llm_bad_response", f"{type(exc).__name__}: {exc}"
+            if attempt >= self.config.max_retries:
+                usage["failures"] += 1
+                return Result(error=error, detail=f"after {attempt + 1} attempts: {detail}")
+            attempt += 1
+            usage["retries"] += 1
+            backoff = min(self.config.max_backoff_s, self.config.backoff_s * 2 ** (attempt - 1))
+            await asyncio.sleep(wait if wait is not None else random.uniform(0, backoff))
+
+    async def json_model(self, request: Request, model: type[BaseModel], stage: str = "") -> Result:
+        """Ask for a JSON object matching ``model``; repair invalid replies a bounded number of times."""
+        request = Request(**{**request.__dict__, "json_mode": True})
+        messages = list(request.messages)
+        for repair in range(self.config.repair_attempts + 1):
+            result = await self.chat(Request(**{**request.__dict__, "messages": messages}), stage)
+            if not result.ok:
+                return result
+            if result.finish_reasons and result.finish_reasons[0] == "length":
+                problem = "the reply was cut off (finish_reason=length); answer shorter"
+                error = "llm_truncated"
+            else:
+                try:
+                    result.parsed = model.model_validate(extract_json(result.text or ""))
+                    return result
+                except (ValueError, ValidationError) as exc:
+                    problem, error = f"invalid: {str(exc).splitlines()[0][:300]}", "llm_invalid_json"
+            if repair == self.config.repair_attempts:
+                return Result(error=error, detail=problem, texts=result.texts,
+                              finish_reasons=result.finish_reasons)
+            messages = messages + [
+                {"role": "assistant", "content": result.text or ""},
+                {"role": "user", "content": f"That reply was {problem}. Reply again with only the "
+                                            f"JSON object, matching this schema: "
+                                            f"{json.dumps(model.model_json_schema())}"}]
+        raise AssertionError("unreachable")
+
+    async def many(self, requests: list[Request], stage: str = "",
+                   model: type[BaseModel] | None = None) -> list[Result]:
+        calls = [self.json_model(r, model, stage) if model else self.chat(r, stage) for r in requests]
+        return list(await asyncio.gather(*calls))
+
+    def usage_report(self, stage: str | None = None) -> list[dict]:
+        return [{"stage": s, "model": m, **counts} for (s, m), counts in self.usage.items()
+                if stage is None or s == stage]
+
+
+def _retry_after(exc: openai.APIStatusError) -> float | None:
+    value = exc.response.headers.get("retry-after") if exc.response is not None else None
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _message(exc: openai.APIStatusError) -> str:
+    body = exc.body if isinstance(exc.body, dict) else {}
+    inner = body.get("error", body) if isinstance(body, dict) else {}
+    text = inner.get("message") if isinstance(inner, dict) else None
+    return f"HTTP {exc.status_code}: {text or exc.message}"[:500]
+

@@ -1,0 +1,139 @@
+"""A scripted OpenAI-compatible server on 127.0.0.1 (real HTTP) for tests and benchmarks.
+
+The last user message steers it with markers (``k`` = how many times, then it answers):
+    [[429:k]] [[500:k]]     that status (429 with ``Retry-After: 0.05``) for the first k calls
+    [[400]] [[401]] [[404]] that status, always
+    [[badbody:k]]           a 200 whose body is not JSON
+    [[badjson:k]]           content that is not the JSON asked for
+    [[truncate:k]]          finish_reason "length"
+    [[hang]]                no answer for 30 s
+    [[delay:MS]]            answer after MS milliseconds
+    [[json:{...}]]          this content
+Otherwise it echoes the prompt (``echo: <message>``), and answers JSON requests with
+``{"score": 3, "reason": "fine"}``. ``server.requests`` counts requests.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class ScriptedServer:
+    def __init__(self, latency_s: float = 0.0):
+        self.latency_s = latency_s
+        self.requests = 0
+        self.inflight = self.max_inflight = 0
+        self.seen: Counter = Counter()
+        self.lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                self._send(200, {"object": "list", "data": [{"id": "scripted", "object": "model"}]})
+
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length", 0))
+                body = json.loads(self.rfile.read(length) or b"{}")
+                with server.lock:
+                    server.inflight += 1
+                    server.max_inflight = max(server.max_inflight, server.inflight)
+                try:
+                    status, payload, headers = server.answer(body)
+                finally:
+                    with server.lock:
+                        server.inflight -= 1
+                if isinstance(payload, bytes):
+                    self._raw(status, payload, headers)
+                else:
+                    self._send(status, payload, headers)
+
+            def _send(self, status, payload, headers=None):
+                self._raw(status, json.dumps(payload).encode(), headers)
+
+            def _raw(self, status, data, headers=None):
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    for key, value in (headers or {}).items():
+                        self.send_header(key, value)
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def __enter__(self) -> ScriptedServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def answer(self, body: dict):
+        messages = body.get("messages", [])
+        last = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")
+        first_user = next((m["content"] for m in messages if m.get("role") == "user"), "")
+        with self.lock:
+            self.requests += 1
+            self.seen[first_user] += 1
+            count = self.seen[first_user]
+        if self.latency_s:
+            time.sleep(self.latency_s)
+
+        def marker(name: str) -> int | None:
+            found = re.search(r"\[\[" + name + r"(?::(\d+))?\]\]", first_user)
+            if not found:
+                return None
+            return int(found.group(1)) if found.group(1) else 10**9
+
+        for status in (429, 500, 400, 401, 404):
+            times = marker(str(status))
+            if times is not None and count <= times:
+                headers = {"Retry-After": "0.05"} if status == 429 else {}
+                return status, {"error": {"message": f"scripted {status}", "type": "scripted"}}, headers
+        if (times := marker("badbody")) is not None and count <= times:
+            return 200, b"{not json at all", {}
+        if "[[hang]]" in first_user:
+            time.sleep(30)
+        if (delay := re.search(r"\[\[delay:(\d+)\]\]", first_user)):
+            time.sleep(int(delay.group(1)) / 1000)
+        finish = "stop"
+        wants_json = body.get("response_format", {}).get("type") == "json_object" or "JSON" in last
+        if (times := marker("truncate")) is not None and count <= times:
+            content, finish = '{"score": 3, "reas', "length"
+        elif (times := marker("badjson")) is not None and count <= times:
+            content = "I think it is pretty good, maybe a three."
+        elif (given := re.search(r"\[\[json:(\{.*?\})\]\]", first_user)):
+            content = given.group(1)
+        elif wants_json:
+            content = json.dumps({"score": 3, "reason": "fine"})
+        else:
+            content = f"echo: {last}"
+        n = int(body.get("n") or 1)
+        choices = [{"index": i, "finish_reason": finish,
+                    "message": {"role": "assistant", "content": content if n == 1 else f"{content} #{i}"}}
+                   for i in range(n)]
+        prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in messages)
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": n * len(content.split()),
+                 "total_tokens": prompt_tokens + n * len(content.split())}
+        return 200, {"id": f"cmpl-{count}", "object": "chat.completion", "created": int(time.time()),
+                     "model": body.get("model", "scripted"), "choices": choices, "usage": usage}, {}

@@ -1,0 +1,117 @@
+"""The LLM client against a scripted OpenAI-compatible server over real HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from pydantic import BaseModel
+
+from pipeline.llm import LLMClient, LLMConfig, Request, ResponseCache, extract_json
+from tests.llm_server import ScriptedServer
+
+
+class Score(BaseModel):
+    score: int
+    reason: str
+
+
+def ask(prompt: str) -> Request:
+    return Request([{"role": "system", "content": "You are terse."}, {"role": "user", "content": prompt}])
+
+
+def run(server: ScriptedServer, requests: list[Request], model=None, cache=None, **overrides):
+    config = LLMConfig(**{"model": "scripted", "backoff_s": 0.01, "max_backoff_s": 0.05,
+                          "timeout_s": 5, **overrides})
+
+    async def main():
+        client = LLMClient(config, server.base_url, cache)
+        results = await client.many(requests, stage="test", model=model)
+        return results, client.usage_report("test")[0]
+
+    return asyncio.run(main())
+
+
+@pytest.fixture
+def server():
+    with ScriptedServer() as srv:
+        yield srv
+
+
+def test_answers_and_counts_usage(server):
+    (result,), usage = run(server, [ask("hello there")])
+    assert result.ok and result.text == "echo: hello there" and result.finish_reasons == ["stop"]
+    assert result.prompt_tokens == 5 and result.completion_tokens == 3
+    assert usage["requests"] == 1 and usage["prompt_tokens"] == 5 and usage["completion_tokens"] == 3
+
+
+def test_retries_429_honouring_retry_after_and_5xx(server):
+    results, usage = run(server, [ask("a [[429:2]]"), ask("b [[500:3]]"), ask("c [[badbody:1]]")])
+    assert all(r.ok for r in results)
+    assert server.seen["a [[429:2]]"] == 3 and server.seen["b [[500:3]]"] == 4
+    assert server.seen["c [[badbody:1]]"] == 2
+    assert usage["retries"] == 6 and usage["failures"] == 0
+
+
+def test_client_errors_are_not_retried(server):
+    results, usage = run(server, [ask("x [[400]]"), ask("y [[401]]"), ask("z [[404]]")])
+    assert [r.error for r in results] == ["llm_error:400", "llm_error:401", "llm_error:404"]
+    assert "scripted 401" in results[1].detail
+    assert server.requests == 3 and usage["failures"] == 3
+
+
+def test_exhausted_retries_and_timeouts_become_errors_not_none(server):
+    (failed,), usage = run(server, [ask("[[500]]")], max_retries=2)
+    assert failed.error == "llm_error:500" and failed.text is None and "3 attempts" in failed.detail
+    assert server.requests == 3
+    started = time.time()
+    (hung,), _ = run(server, [ask("[[hang]]")], max_retries=1, timeout_s=0.3)
+    assert hung.error == "llm_timeout" and time.time() - started < 10
+
+
+def test_json_output_is_validated_and_repaired(server):
+    (fixed, broken, truncated, good), usage = run(
+        server, [ask("rate [[badjson:1]]"), ask("rate [[badjson]]"), ask("rate [[truncate]]"),
+                 ask('rate [[json:{"score": 5, "reason": "great"}]]')], model=Score, repair_attempts=2)
+    assert fixed.ok and fixed.parsed == Score(score=3, reason="fine")
+    assert server.seen["rate [[badjson:1]]"] == 2
+    assert broken.error == "llm_invalid_json" and server.seen["rate [[badjson]]"] == 3
+    assert truncated.error == "llm_truncated" and truncated.parsed is None
+    assert good.parsed.score == 5
+
+
+def test_extract_json_tolerates_fences_and_prose():
+    assert extract_json('Sure!\n```json\n{"a": [1, 2]}\n```') == {"a": [1, 2]}
+    assert extract_json('The answer: {"a": 1} hope it helps') == {"a": 1}
+    with pytest.raises(ValueError):
+        extract_json("no json here")
+
+
+def test_cache_makes_a_rerun_free_and_is_shared(server, tmp_path):
+    path = tmp_path / "cache.sqlite"
+    prompts = [ask(f"prompt {i}") for i in range(20)] + [ask("[[401]]")]
+    first, usage = run(server, prompts, cache=path)
+    assert server.requests == 21 and usage["cache_hits"] == 0
+    again, usage = run(server, prompts, cache=path)
+    assert server.requests == 21 + 1  # only the failed call is asked again
+    assert usage["cache_hits"] == 20 and all(r.cached for r in again[:20])
+    assert [r.text for r in again[:20]] == [r.text for r in first[:20]]
+    assert len(ResponseCache(path)) == 20
+    other, _ = run(server, [ask("prompt 0")], cache=path, temperature=0.1)  # other params, other key
+    assert server.requests == 23 and not other[0].cached
+
+
+def test_concurrency_limit_holds(server):
+    requests = [ask(f"[[delay:100]] {i}") for i in range(24)]
+    started = time.time()
+    results, _ = run(server, requests, max_concurrency=6)
+    assert all(r.ok for r in results)
+    assert server.max_inflight == 6
+    assert time.time() - started < 24 * 0.1  # concurrent, not one by one
+
+
+def test_missing_api_key_variable_is_a_clear_error(server, monkeypatch):
+    monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
+    with pytest.raises(ValueError, match="NO_SUCH_KEY_VAR"):
+        LLMClient(LLMConfig(api_key_env="NO_SUCH_KEY_VAR"), server.base_url)
