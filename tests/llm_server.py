@@ -34,6 +34,8 @@ class ScriptedServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True
+            wbufsize = 1 << 16  # headers and body leave in one write (no delayed-ACK stall)
 
             def log_message(self, *args):
                 pass
@@ -137,3 +139,21 @@ class ScriptedServer:
                  "total_tokens": prompt_tokens + n * len(content.split())}
         return 200, {"id": f"cmpl-{count}", "object": "chat.completion", "created": int(time.time()),
                      "model": body.get("model", "scripted"), "choices": choices, "usage": usage}, {}
+
+
+def main() -> None:
+    """Serve in its own process: ``python -m tests.llm_server --latency 0.2 --port 8123``."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--latency", type=float, default=0.0)
+    parser.add_argument("--port-file", required=True, help="write the chosen port here")
+    args = parser.parse_args()
+    server = ScriptedServer(latency_s=args.latency)
+    with open(args.port_file, "w") as fh:
+        fh.write(str(server.httpd.server_address[1]))
+    server.httpd.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

@@ -28,6 +28,7 @@ def run(server: ScriptedServer, requests: list[Request], model=None, cache=None,
     async def main():
         client = LLMClient(config, server.base_url, cache)
         results = await client.many(requests, stage="test", model=model)
+        await client.close()
         return results, client.usage_report("test")[0]
 
     return asyncio.run(main())
@@ -115,3 +116,52 @@ def test_missing_api_key_variable_is_a_clear_error(server, monkeypatch):
     monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
     with pytest.raises(ValueError, match="NO_SUCH_KEY_VAR"):
         LLMClient(LLMConfig(api_key_env="NO_SUCH_KEY_VAR"), server.base_url)
+
+
+def test_llm_stage_on_ray_rejects_failures_and_reruns_from_cache(tmp_path, ray_local, quiet_console):
+    from pipeline.config import load_config
+    from pipeline.run import run_pipeline
+    from tests.conftest import make_config, read_folder, write_jsonl
+
+    rows = [{"text": f"document {i}"} for i in range(30)] + [{"text": "[[401]] bad"},
+                                                             {"text": "[[badjson]] odd"}]
+    write_jsonl(tmp_path / "data" / "a.jsonl", rows)
+    with ScriptedServer() as srv:
+        extra = f'[llm]\nbase_url = "{srv.base_url}"\nmodel = "scripted"\nbackoff_s = 0.01\n'
+        path = make_config(tmp_path, '[[sources]]\nname = "d"\nkind = "jsonl"\npath = "data"\n',
+                           '[stages.ingest]\n[stages.score]\nkind = "tests.plugin_llm_stage"\n',
+                           extra=extra)
+        result = run_pipeline(load_config(path), console=quiet_console)
+        rec = result.records[1]
+        assert rec["rows_kept"] == 30
+        assert rec["rejected_by_reason"] == {"llm_error:401": 1, "llm_invalid_json": 1}
+        rejected = read_folder(result.run_dir / "rejected" / "02-score")
+        assert "scripted 401" in " ".join(rejected.column("drop_detail").to_pylist())
+        usage = rec["info"]["llm_usage"][0]
+        assert usage["stage"] == "score" and usage["requests"] == srv.requests
+        assert usage["prompt_tokens"] > 0 and usage["completion_tokens"] > 0
+        assert set(read_folder(result.run_dir / "stages" / "02-score").column("score").to_pylist()) == {3}
+        before = srv.requests
+        again = run_pipeline(load_config(path), force=["score"], console=quiet_console)
+        assert again.ran == ["score"]
+        assert srv.requests - before == 1  # only the HTTP failure; paid replies (even invalid) are cached
+        assert again.records[1]["info"]["llm_usage"][0]["cache_hits"] == 30 + 3  # + the repair chain
+        changed = run_pipeline(load_config(path, ["llm.temperature=0.2"]), console=quiet_console)
+        assert changed.ran == ["score"]  # sampling is part of the stage's config hash
+
+
+@pytest.mark.teacher
+@pytest.mark.timeout(300)
+def test_embedded_teacher_answers_through_the_same_client(tmp_path):
+    from pipeline.serve import Teacher, find_model
+
+    assert find_model().suffix == ".gguf"
+    with Teacher(tmp_path / "teacher.log") as base_url:
+        assert base_url.startswith("http://127.0.0.1:")
+
+        async def main():
+            client = LLMClient(LLMConfig(max_tokens=24, temperature=0.0), base_url)
+            return await client.chat(ask("Name one colour of the rainbow."))
+
+        result = asyncio.run(main())
+    assert result.ok and len(result.text.strip()) > 0 and result.completion_tokens > 0
