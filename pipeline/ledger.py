@@ -77,9 +77,9 @@ def funnel_table(records: list[dict], title: str = "funnel") -> Table:
         table.add_column(col, justify=justify)
     for rec in records:
         reasons = sorted(rec["rejected_by_reason"].items(), key=lambda kv: -kv[1])
-        text = ", ".join(f"{k} {v:,}" for k, v in reasons[:6])
-        if len(reasons) > 6:
-            text += f", +{len(reasons) - 6} more"
+        text = ", ".join(f"{k} {v:,}" for k, v in reasons[:3])
+        if len(reasons) > 3:
+            text += f", +{len(reasons) - 3} more"
         table.add_row(rec["folder"], f"{rec['rows_in']:,}", f"{rec['rows_kept']:,}",
                       f"{rec['rows_rejected']:,}", text or "-", f"{rec['wall_s']:.1f}s")
     return table
