@@ -156,7 +156,7 @@ def text_stats(data, offsets, stop_hashes, short_line, ngrams):
         row[1] = nwords
         # characters, lines, paragraphs
         ls = start
-        para_start, para_h, para_chars, blank_run = start, np.uint64(0), 0, 0
+        para_h, para_chars, blank_run = np.uint64(0), 0, 0
         for k in range(start, end + 1):
             if k < end:
                 c = data[k]
