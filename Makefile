@@ -35,7 +35,7 @@ install-llm: $(VENV)/.installed-llm
 
 install-dev: $(VENV)/.installed-dev
 
-demo: install
+demo: install-llm
 	$(BIN)/pipeline init $(RUN_DIR) --example code --force
 	$(BIN)/pipeline run $(RUN_DIR)/pipeline.toml
 

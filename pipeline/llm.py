@@ -53,6 +53,10 @@ class LLMConfig(BaseModel):
     backoff_s: float = Field(default=0.5, gt=0)
     max_backoff_s: float = Field(default=30.0, gt=0)
     repair_attempts: int = Field(default=2, ge=0)
+    # how a JSON schema travels with a request: "llama_cpp" (response_format.schema, enforced by
+    # a grammar), "openai" (response_format json_schema), "none" (json_object only); "auto" is
+    # llama_cpp for the embedded teacher and none otherwise
+    json_schema: str = Field(default="auto", pattern="^(auto|llama_cpp|openai|none)$")
     cache: str | None = None  # SQLite file; default runs/NAME/llm-cache/cache.sqlite
 
 
@@ -64,6 +68,7 @@ class Request:
     n: int = 1
     seed: int | None = None
     json_mode: bool = False
+    schema: dict | None = None
 
 
 @dataclass
@@ -128,8 +133,11 @@ def extract_json(text: str) -> Any:
 class LLMClient:
     """Async client with a concurrency limit, retries, a response cache and usage counters."""
 
-    def __init__(self, config: LLMConfig, base_url: str, cache_path: Path | None = None):
+    def __init__(self, config: LLMConfig, base_url: str, cache_path: Path | None = None,
+                 embedded: bool = False):
         self.config = config
+        self.schema_style = ("llama_cpp" if embedded else "none") if config.json_schema == "auto" \
+            else config.json_schema
         key = os.environ.get(config.api_key_env, "") if config.api_key_env else "no-key"
         if config.api_key_env and not key:
             raise ValueError(f"[llm] api_key_env names {config.api_key_env}, which is not set")
@@ -149,6 +157,11 @@ class LLMClient:
                "seed": cfg.seed if request.seed is None else request.seed}
         if request.json_mode:
             out["response_format"] = {"type": "json_object"}
+            if request.schema and self.schema_style == "llama_cpp":
+                out["response_format"]["schema"] = request.schema
+            elif request.schema and self.schema_style == "openai":
+                out["response_format"] = {"type": "json_schema", "json_schema": {
+                    "name": "reply", "schema": request.schema}}
         return out
 
     @staticmethod
@@ -209,7 +222,8 @@ class LLMClient:
 
     async def json_model(self, request: Request, model: type[BaseModel], stage: str = "") -> Result:
         """Ask for a JSON object matching ``model``; repair invalid replies a bounded number of times."""
-        request = Request(**{**request.__dict__, "json_mode": True})
+        request = Request(**{**request.__dict__, "json_mode": True,
+                             "schema": request.schema or model.model_json_schema()})
         messages = list(request.messages)
         for repair in range(self.config.repair_attempts + 1):
             result = await self.chat(Request(**{**request.__dict__, "messages": messages}), stage)

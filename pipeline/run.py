@@ -137,7 +137,8 @@ def run_pipeline(cfg: PipelineConfig, only: list[str] | None = None, force: list
                 teacher = Teacher(run_dir / "logs" / "teacher.log")
                 base_url = stack.enter_context(teacher)
                 console.print(f"[dim]embedded teacher {cfg.llm.model} at {base_url}[/dim]")
-            llm_handle = runner.start_llm(cfg.llm, base_url, cfg.llm_cache)
+            llm_handle = runner.start_llm(cfg.llm, base_url, cfg.llm_cache,
+                                          embedded=not cfg.llm.base_url)
         executor = runner.Executor(cfg.ray.batch_size, llm_handle)
         by_name: dict[str, dict] = {}
         previous: str | None = None

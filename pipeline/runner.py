@@ -22,6 +22,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import ray
 import ray.data
@@ -147,8 +148,8 @@ class StageSink(Datasink):
 class LLMActor:
     """The run's one LLM client: every worker's requests share its concurrency limit and cache."""
 
-    def __init__(self, config: LLMConfig, base_url: str, cache_path: str | None):
-        self.client = LLMClient(config, base_url, Path(cache_path) if cache_path else None)
+    def __init__(self, config: LLMConfig, base_url: str, cache_path: str | None, embedded: bool):
+        self.client = LLMClient(config, base_url, Path(cache_path) if cache_path else None, embedded)
 
     async def many(self, requests: list[Request], stage: str, model: Any = None) -> list[Result]:
         return await self.client.many(requests, stage, model)
@@ -170,8 +171,8 @@ class ActorLLM:
         return ray.get(self.handle.usage.remote(self.stage))
 
 
-def start_llm(config: LLMConfig, base_url: str, cache_path: Path | None) -> Any:
-    return LLMActor.remote(config, base_url, str(cache_path) if cache_path else None)
+def start_llm(config: LLMConfig, base_url: str, cache_path: Path | None, embedded: bool) -> Any:
+    return LLMActor.remote(config, base_url, str(cache_path) if cache_path else None, embedded)
 
 
 def _stage_module(name: str):
@@ -285,9 +286,12 @@ class RayGlobalContext(GlobalContext):
         self.input_files, self.scratch_dir, self.seed = input_files, scratch_dir, seed
         self.batch_size, self.llm = batch_size, llm
 
-    def read(self, columns: list[str] | None = None) -> pa.Table:
-        tables = [pq.read_table(f, columns=columns) for f in self.input_files]
-        return pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({})
+    def read(self, columns: list[str] | None = None, ids: list[str] | None = None) -> pa.Table:
+        if not self.input_files:
+            return pa.table({})
+        dataset = pads.dataset([str(f) for f in self.input_files], format="parquet")
+        where = pc.field("id").isin(pa.array(ids, pa.string())) if ids is not None else None
+        return dataset.to_table(columns=columns, filter=where)
 
     def map(self, fn: Callable[..., pa.Table], columns: list[str] | None = None,
             files: list[Path] | None = None, **kwargs: Any) -> pa.Table:

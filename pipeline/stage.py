@@ -117,7 +117,8 @@ class GlobalContext:
     seed: int
     llm: Any = None  # for stages with USES_LLM = True: llm.chat(requests, model=None)
 
-    def read(self, columns: list[str] | None = None) -> pa.Table:
+    def read(self, columns: list[str] | None = None, ids: list[str] | None = None) -> pa.Table:
+        """The input's ``columns`` (all by default), only the rows with these ``ids`` if given."""
         raise NotImplementedError
 
     def map(self, fn: Callable[..., pa.Table], columns: list[str] | None = None,

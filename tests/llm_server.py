@@ -10,7 +10,7 @@ The last user message steers it with markers (``k`` = how many times, then it an
     [[delay:MS]]            answer after MS milliseconds
     [[json:{...}]]          this content
 Otherwise it echoes the prompt (``echo: <message>``), and answers JSON requests with
-``{"score": 3, "reason": "fine"}``. ``server.requests`` counts requests.
+``{"score": 3, "reason": "fine", "rationale": "fine"}``. ``server.requests`` counts requests.
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ class ScriptedServer:
         elif (given := re.search(r"\[\[json:(\{.*?\})\]\]", first_user)):
             content = given.group(1)
         elif wants_json:
-            content = json.dumps({"score": 3, "reason": "fine"})
+            content = json.dumps({"score": 3, "reason": "fine", "rationale": "fine"})
         else:
             content = f"echo: {last}"
         n = int(body.get("n") or 1)
