@@ -77,6 +77,7 @@ class StageEntry(Strict):
     name: str
     kind: str
     input: str | None = None
+    uses: list[str] = Field(default_factory=list)  # other earlier stages whose output it reads
     enabled: bool = True
     config: Any = None
     module: Any = Field(default=None, exclude=True)
@@ -194,7 +195,7 @@ def _format_errors(err: ValidationError, path: Path, prefix: str = "") -> str:
     return "\n".join(lines)
 
 
-ENGINE_STAGE_KEYS = {"kind", "input", "enabled"}
+ENGINE_STAGE_KEYS = {"kind", "input", "uses", "enabled"}
 
 
 def _build_stage(name: str, table: Any, path: Path) -> StageEntry:
@@ -215,6 +216,7 @@ def _build_stage(name: str, table: Any, path: Path) -> StageEntry:
             name=name,
             kind=kind,
             input=table.get("input"),
+            uses=table.get("uses", []),
             enabled=table.get("enabled", True),
         )
     except ValidationError as exc:
@@ -269,9 +271,11 @@ def _check_graph(cfg: PipelineConfig) -> None:
     seen: list[str] = []
     for entry in cfg.stages:
         role = stage_api.role_of(entry.module)
-        if entry.input is not None and entry.input not in seen:
-            hint = "it must be an earlier stage" if entry.input in names else "no such stage"
-            problems.append(f"stages.{entry.name}.input: {entry.input!r}: {hint}")
+        for key, refs in (("input", [entry.input] if entry.input else []), ("uses", entry.uses)):
+            for ref in refs:
+                if ref not in seen:
+                    hint = "it must be an earlier stage" if ref in names else "no such stage"
+                    problems.append(f"stages.{entry.name}.{key}: {ref!r}: {hint}")
         if entry.enabled and role == "source" and not cfg.sources:
             problems.append(
                 f"sources: stage {entry.name!r} reads the sources, but none is configured; "

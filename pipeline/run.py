@@ -187,9 +187,18 @@ def _stage(cfg: PipelineConfig, index: int, entry: StageEntry, upstream: str | N
         if upstream not in by_name:
             raise RunError(f"stage {entry.name!r} reads {upstream!r}, which has not finished; "
                            f"run it first (--only {upstream}) or drop --only")
+        missing = [u for u in entry.uses if u not in by_name]
+        if missing:
+            raise RunError(f"stage {entry.name!r} uses {missing}, which have not finished; "
+                           "run them first or drop --only")
         input_fp = by_name[upstream]["output_fingerprint"]
+        if entry.uses:
+            input_fp = io.fingerprint([input_fp] + [by_name[u]["output_fingerprint"] for u in entry.uses])
         uses_llm = getattr(entry.module, "USES_LLM", False)
-        config_hash = entry.config_hash(cfg.llm.model_dump(include=LLM_OUTPUT_KEYS) if uses_llm else None)
+        extra_hook = getattr(entry.module, "hash_extra", None)  # e.g. the prompt template's hash
+        config_hash = entry.config_hash([
+            cfg.llm.model_dump(include=LLM_OUTPUT_KEYS) if uses_llm else None,
+            extra_hook(entry.config) if extra_hook else None])
     if (existing and entry.name not in force and existing.get("config_hash") == config_hash
             and existing.get("input_fingerprint") == input_fp):
         console.print(f"[green]✓[/green] {folder.name}: unchanged, skipped")
@@ -210,7 +219,9 @@ def _stage(cfg: PipelineConfig, index: int, entry: StageEntry, upstream: str | N
         else:
             input_files = io.parquet_parts(Path(by_name[upstream]["path"]))
             rows_in = sum(pq.ParquetFile(f).metadata.num_rows for f in input_files)
-            totals = _run_non_source(cfg, entry, role, input_files, executor, tmp_out, tmp_rej, info)
+            used = {u: io.parquet_parts(Path(by_name[u]["path"])) for u in entry.uses}
+            totals = _run_non_source(cfg, entry, role, input_files, executor, tmp_out, tmp_rej,
+                                     info, used, run_dir / "artifacts" / folder.name)
             if totals.pop("generated", False):
                 rows_in = totals["rows"]
     except Exception as exc:
@@ -252,7 +263,8 @@ def _stage(cfg: PipelineConfig, index: int, entry: StageEntry, upstream: str | N
 
 
 def _run_non_source(cfg: PipelineConfig, entry: StageEntry, role: str, input_files: list[Path],
-                    executor: runner.Executor, tmp_out: Path, tmp_rej: Path, info: dict) -> dict:
+                    executor: runner.Executor, tmp_out: Path, tmp_rej: Path, info: dict,
+                    used: dict[str, list[Path]], artifacts: Path) -> dict:
     module = entry.module
     if not input_files:
         return {"rows": 0, "kept": 0, "reasons": {}}
@@ -266,7 +278,10 @@ def _run_non_source(cfg: PipelineConfig, entry: StageEntry, role: str, input_fil
     scratch = io.temp_sibling(cfg.run_dir / "scratch" / entry.name)
     scratch.mkdir(parents=True, exist_ok=True)
     try:
+        shutil.rmtree(artifacts, ignore_errors=True)
+        artifacts.mkdir(parents=True)
         ctx = runner.RayGlobalContext(input_files, scratch, cfg.run.seed, cfg.ray.batch_size, llm)
+        ctx.uses, ctx.artifact_dir = used, artifacts
         out = module.run(ctx, entry.config)
         info.update(out.info)
         if llm is not None:

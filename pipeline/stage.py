@@ -17,7 +17,8 @@ Every batch a stage returns carries ``drop_reason`` (short snake_case, optionall
 ``reason:qualifier``) and may carry ``drop_detail`` (free text: the error, the line). The runner
 writes kept rows (without those two columns) to the stage output and the others, with a
 ``stage`` column, to ``rejected/``. A module may also define ``card_section(record, plot_dir)``
-returning Markdown for the dataset card, from the ``info`` it stored in its ledger record.
+returning Markdown for the dataset card, from the ``info`` it stored in its ledger record, and
+``hash_extra(config)`` returning anything else its output depends on (a prompt template's hash).
 """
 
 from __future__ import annotations
@@ -116,6 +117,8 @@ class GlobalContext:
     scratch_dir: Path
     seed: int
     llm: Any = None  # for stages with USES_LLM = True: llm.chat(requests, model=None)
+    uses: dict[str, list[Path]]  # the output files of the stages named in ``uses = [...]``
+    artifact_dir: Path  # runs/NAME/artifacts/NN-stage: models, metrics (kept with the run)
 
     def read(self, columns: list[str] | None = None, ids: list[str] | None = None) -> pa.Table:
         """The input's ``columns`` (all by default), only the rows with these ``ids`` if given."""

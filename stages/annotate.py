@@ -59,6 +59,11 @@ def stratified_sample(frame: pl.DataFrame, size: int, seed: int, column: str | N
     return chosen.sort("_key").head(size)["id"].to_list()
 
 
+def hash_extra(config: Config) -> str:
+    """The template's hash joins the config hash: editing the prompt recomputes the stage."""
+    return prompts.load(config.prompt).hash
+
+
 def run(ctx: GlobalContext, config: Config) -> Records:
     template = prompts.load(config.prompt)
     strata = [config.stratify_by] if config.stratify_by else []

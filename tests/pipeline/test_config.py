@@ -105,7 +105,7 @@ def test_init_templates_parse(tmp_path, capsys):
     cfg = load_config(tmp_path / "code" / "pipeline.toml")
     assert [s.name for s in cfg.sources] == ["stdlib", "site-packages"]
     assert Path(cfg.sources[0].path).is_dir() and "{" not in cfg.sources[0].path
-    assert cfg.stage_names() == ["ingest", "dedup_exact", "dedup_minhash", "heuristics", "annotate"]
+    assert cfg.stage_names() == ["ingest", "dedup_exact", "dedup_minhash", "heuristics", "annotate", "quality"]
     assert main(["init", str(tmp_path / "blank")]) == 0
     assert load_config(tmp_path / "blank" / "pipeline.toml").run.name == "blank"
     assert main(["init", str(tmp_path / "blank")]) == 2  # no overwrite without --force
