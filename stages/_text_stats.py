@@ -226,8 +226,10 @@ def text_stats(data, offsets, stop_hashes, short_line, ngrams):
             continue
         for n in range(2, 5):
             row[21 + n] = _top_fraction(word_hash, word_len, nwords, n, grams)
-        for n in range(5, 11):
+        for n in range(5, 11):  # no repeated n-gram means no repeated longer one either
             row[21 + n] = _dup_fraction(word_hash, word_len, nwords, n, grams, covered)
+            if row[21 + n] == 0:
+                break
     return out
 
 
