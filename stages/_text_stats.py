@@ -68,35 +68,71 @@ def _ngram_hashes(word_hash, nwords, n, out):
 
 
 @numba.njit(cache=True)
-def _top_fraction(word_hash, word_len, nwords, n, grams):
+def _slot(keys, used, key):
+    """Open-addressing slot of ``key`` (linear probing; the table is at least twice the items)."""
+    mask = np.int64(len(keys) - 1)
+    i = np.int64(_mix(key) & np.uint64(mask))
+    while used[i] and keys[i] != key:
+        i = np.int64((i + 1) & mask)
+    return i
+
+
+@numba.njit(cache=True, inline="always")
+def _mix(h):
+    h ^= h >> np.uint64(33)
+    h *= np.uint64(0xFF51AFD7ED558CCD)
+    return h ^ (h >> np.uint64(33))
+
+
+@numba.njit(cache=True)
+def _top_fraction(word_hash, word_len, nwords, n, grams, keys, used, counts):
+    """(occurrences x characters) of the most frequent n-gram, if it occurs twice or more."""
     m = _ngram_hashes(word_hash, nwords, n, grams)
     if m <= 1:
         return 0
-    order = np.argsort(grams[:m], kind="mergesort")
-    best_count, best_start, run = 1, order[0], 1
-    for k in range(1, m):
-        run = run + 1 if grams[order[k]] == grams[order[k - 1]] else 1
-        if run > best_count:
-            best_count, best_start = run, order[k]
-    if best_count < 2:
+    size = 1
+    while size < 2 * m:
+        size *= 2
+    used[:size] = False
+    best, best_start = 1, -1
+    for i in range(m):
+        j = _slot(keys[:size], used[:size], grams[i])
+        if used[j]:
+            counts[j] += 1
+            if counts[j] > best:
+                best, best_start = counts[j], i
+        else:
+            used[j], keys[j], counts[j] = True, grams[i], 1
+    if best_start < 0:
         return 0
     chars = 0
     for j in range(n):
         chars += word_len[best_start + j]
-    return best_count * chars
+    return best * chars
 
 
 @numba.njit(cache=True)
-def _dup_fraction(word_hash, word_len, nwords, n, grams, covered):
+def _dup_fraction(word_hash, word_len, nwords, n, grams, covered, keys, used):
+    """Characters of the words covered by every occurrence of an n-gram after its first."""
     m = _ngram_hashes(word_hash, nwords, n, grams)
     if m <= 1:
         return 0
+    size = 1
+    while size < 2 * m:
+        size *= 2
+    used[:size] = False
     covered[:nwords] = False
-    order = np.argsort(grams[:m], kind="mergesort")
-    for k in range(1, m):
-        if grams[order[k]] == grams[order[k - 1]]:
-            for j in range(n):
-                covered[order[k] + j] = True
+    any_dup = False
+    for i in range(m):
+        j = _slot(keys[:size], used[:size], grams[i])
+        if used[j]:
+            any_dup = True
+            for k in range(n):
+                covered[i + k] = True
+        else:
+            used[j], keys[j] = True, grams[i]
+    if not any_dup:
+        return 0
     chars = 0
     for w in range(nwords):
         if covered[w]:
@@ -120,6 +156,12 @@ def text_stats(data, offsets, stop_hashes, short_line, ngrams):
     para_len = np.empty(longest, dtype=np.int64)
     grams = np.empty(longest, dtype=np.uint64)
     covered = np.empty(longest, dtype=np.bool_)
+    table = 1
+    while table < 2 * longest:
+        table *= 2
+    keys = np.empty(table, dtype=np.uint64)
+    used = np.zeros(table, dtype=np.bool_)
+    counts = np.zeros(table, dtype=np.int64)
     for d in range(ndocs):
         row = out[d]
         start, end = offsets[d], offsets[d + 1]
@@ -225,9 +267,9 @@ def text_stats(data, offsets, stop_hashes, short_line, ngrams):
         if not ngrams[d]:
             continue
         for n in range(2, 5):
-            row[21 + n] = _top_fraction(word_hash, word_len, nwords, n, grams)
+            row[21 + n] = _top_fraction(word_hash, word_len, nwords, n, grams, keys, used, counts)
         for n in range(5, 11):  # no repeated n-gram means no repeated longer one either
-            row[21 + n] = _dup_fraction(word_hash, word_len, nwords, n, grams, covered)
+            row[21 + n] = _dup_fraction(word_hash, word_len, nwords, n, grams, covered, keys, used)
             if row[21 + n] == 0:
                 break
     return out
