@@ -29,6 +29,7 @@ from pipeline.stage import DROP_REASON, Decisions, GlobalContext
 
 VERSION = "1"
 POSITIVE, NEGATIVE = "__label__hq", "__label__lq"
+FENCE = "`" * 3
 _MODELS: dict[str, object] = {}
 
 
@@ -157,10 +158,16 @@ def run(ctx: GlobalContext, config: Config) -> Decisions:
     low = pc.less(scored.column("quality_score"), cut) if scored.num_rows else pa.array([], pa.bool_())
     reasons = pc.if_else(low, pa.scalar("low_quality"), pa.scalar(None, pa.string()))
     hist, edges = np.histogram(scores, bins=20, range=(0.0, 1.0))
-    near = np.argsort(np.abs(scores - cut))[:5] if len(scores) else []
+    near = np.argsort(np.abs(scores - cut))[:6] if len(scores) else []
+    near_ids = [scored.column("id")[int(i)].as_py() for i in near]
+    texts = ctx.read(["id", config.text_column], ids=near_ids) if near_ids else pa.table({})
+    excerpt = dict(zip(texts.column("id").to_pylist(), texts.column(config.text_column).to_pylist())) \
+        if texts.num_rows else {}
     info.update({"model_path": str(model_path), "cut": cut, "threshold": config.threshold,
                  "top_fraction": config.top_fraction, "histogram": hist.tolist(),
-                 "near_cut_ids": [scored.column("id")[int(i)].as_py() for i in near]})
+                 "near_cut": [{"id": i, "quality_score": round(float(scores[k]), 4),
+                               "excerpt": (excerpt.get(i) or "")[:300]}
+                              for k, i in zip(near, near_ids)]})
     return Decisions(table=pa.table({"id": scored.column("id"), DROP_REASON: reasons,
                                      "quality_score": scored.column("quality_score")}), info=info)
 
@@ -190,5 +197,10 @@ def card_section(record: dict, plot_dir: Path) -> str:
         lines.append(f"- labels (annotation scores 0-5): {info.get('labels')}; trained on "
                      f"{metrics['train']}, validated on {metrics['valid']}: precision "
                      f"{metrics['precision']}, recall {metrics['recall']}, F1 {metrics['f1']}")
-    lines.append(f"- documents nearest the cut: {', '.join(info.get('near_cut_ids', []))}")
-    return "\n".join(lines + ["", "![quality scores](plots/quality_scores.png)" if hist else ""])
+    lines += ["", "![quality scores](plots/quality_scores.png)" if hist else "", "",
+              "Documents nearest the cut:", ""]
+    for item in info.get("near_cut", []):
+        text = item["excerpt"].replace(FENCE, "~~~")
+        lines += [f"- `{item['id']}`, quality_score {item['quality_score']}:", "", "  " + FENCE,
+                  "  " + text.replace("\n", "\n  "), "  " + FENCE]
+    return "\n".join(lines)

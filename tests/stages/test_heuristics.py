@@ -101,3 +101,36 @@ def test_auto_profile_uses_the_path_and_rules_are_configurable():
     assert reasons[0] is None and reasons[1].startswith("gopher_quality:")
     assert verdict("x = 1\n", "code", code_rules=[]) is None
     assert np.all(batch_stats(pa.array(["", "   "]))[:, FIELDS.index("words")] == 0)
+
+
+def test_each_fineweb_rule_on_its_own():
+    no_punct = "\n".join(f"a line about topic number {i} without an end mark and more words here"
+                         for i in range(20))
+    assert verdict(no_punct, prose_rules=["fineweb"]) == "fineweb:line_punct_ratio"
+    dup = GOOD_PROSE + "\n".join(["This exact sentence repeats over and over again."] * 4)
+    assert verdict(dup, prose_rules=["fineweb"]) == "fineweb:dup_line_char_ratio"
+    lists = "\n".join(f"Item {i}." for i in range(30))
+    assert verdict(lists, prose_rules=["fineweb"], fineweb={"max_short_line_ratio": 1.0}) \
+        == "fineweb:newline_word_ratio"
+    assert verdict(GOOD_PROSE, prose_rules=["fineweb"]) is None
+
+
+def test_each_gopher_repetition_rule_on_its_own():
+    rules = ["gopher_repetition"]
+    para = "A paragraph that is said twice, word for word, in this text."
+    text = GOOD_PROSE + "\n\n" + "\n\n".join([para] * 4)
+    assert verdict(text, prose_rules=rules, gopher_repetition={"dup_line_fraction": 1.0}) \
+        == "gopher_repetition:dup_paragraph_fraction"
+    loose = {"dup_line_fraction": 1.0, "dup_paragraph_fraction": 1.0,
+             "dup_line_char_fraction": 1.0, "dup_paragraph_char_fraction": 1.0}
+    three = GOOD_PROSE.replace("\n", " ") + " " + "rain falls down " * 30
+    assert verdict(three, prose_rules=rules, gopher_repetition={
+        **loose, "top_ngram_char_fraction": [1.0, 0.18, 0.16]}) == "gopher_repetition:top_3gram_char_fraction"
+    long = " ".join(GOOD_PROSE.split()[:60])
+    assert verdict(GOOD_PROSE + " " + long, prose_rules=rules, gopher_repetition={
+        **loose, "top_ngram_char_fraction": [1.0, 1.0, 1.0]}) == "gopher_repetition:dup_5gram_char_fraction"
+
+
+def test_code_mean_line_length():
+    wide = "\n".join("x = '" + "a" * 150 + "'" for _ in range(5))
+    assert verdict(wide, "code") == "code:mean_line_length"

@@ -84,6 +84,8 @@ top_fraction = 0.5
     assert rec["info"]["metrics"]["valid"] == 12 and "f1" in rec["info"]["metrics"]
     card = (result.datasets["good"] / "README.md").read_text()
     assert "## Quality classifier" in card and (result.datasets["good"] / "plots" / "quality_scores.png").is_file()
+    assert "Documents nearest the cut" in card and len(rec["info"]["near_cut"]) == 6
+    assert all(item["excerpt"] for item in rec["info"]["near_cut"])
     rejected = read_folder(result.run_dir / "rejected" / "03-quality")
     assert rejected.column("quality_score").to_pylist()  # scores kept on dropped rows too
 
