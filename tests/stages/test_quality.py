@@ -96,3 +96,18 @@ def test_quality_without_annotations_or_model_fails_clearly(tmp_path, ray_local,
                        "[stages.ingest]\n[stages.quality]\n")
     with pytest.raises(RunError, match="uses"):
         run_pipeline(load_config(path), console=quiet_console)
+
+
+def test_bring_your_own_model(tmp_path, ray_local, quiet_console):
+    docs = documented_modules(200)
+    model_path, _ = train([(t, 5) for t in docs[::2]] + [(minify(t), 0) for t in docs[1::2]],
+                          Config(), tmp_path)
+    rows = [{"text": t} for t in docs[:20]] + [{"text": minify(t)} for t in docs[20:40]]
+    write_jsonl(tmp_path / "data" / "a.jsonl", rows)
+    path = make_config(tmp_path, '[[sources]]\nname = "d"\nkind = "jsonl"\npath = "data"\n',
+                       f'[stages.ingest]\n[stages.quality]\nmodel_path = "{model_path}"\n')
+    result = run_pipeline(load_config(path), console=quiet_console)
+    rec = result.records[1]
+    assert rec["rows_kept"] + rec["rows_rejected"] == 40 and "metrics" not in rec["info"]
+    kept = read_folder(result.run_dir / "stages" / "02-quality").column("text").to_pylist()
+    assert sum(";" not in t[:200] for t in kept) >= 0.8 * len(kept)  # mostly the documented ones
