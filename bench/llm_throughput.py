@@ -39,7 +39,7 @@ async def timed(client: LLMClient, requests: list[Request]) -> float:
 
 
 def efficiency(server, concurrency: int) -> float:
-    requests = prompts(max(10, 8 * concurrency), f"c{concurrency}")
+    requests = prompts(max(20, 20 * concurrency), f"c{concurrency}")  # 20 waves: warm-up amortized
 
     async def main():
         client = LLMClient(LLMConfig(model="scripted", max_concurrency=concurrency), server.base_url)
