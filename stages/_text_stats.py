@@ -85,15 +85,22 @@ def _mix(h):
 
 
 @numba.njit(cache=True)
-def _top_fraction(word_hash, word_len, nwords, n, grams, keys, used, counts):
-    """(occurrences x characters) of the most frequent n-gram, if it occurs twice or more."""
+def _table_for(word_hash, nwords, n, grams, used):
+    """Hash the n-grams into ``grams``; clear a hash table for them; return (count, table size)."""
     m = _ngram_hashes(word_hash, nwords, n, grams)
-    if m <= 1:
-        return 0
     size = 1
     while size < 2 * m:
         size *= 2
     used[:size] = False
+    return m, size
+
+
+@numba.njit(cache=True)
+def _top_fraction(word_hash, word_len, nwords, n, grams, keys, used, counts):
+    """(occurrences x characters) of the most frequent n-gram, if it occurs twice or more."""
+    m, size = _table_for(word_hash, nwords, n, grams, used)
+    if m <= 1:
+        return 0
     best, best_start = 1, -1
     for i in range(m):
         j = _slot(keys[:size], used[:size], grams[i])
@@ -114,13 +121,9 @@ def _top_fraction(word_hash, word_len, nwords, n, grams, keys, used, counts):
 @numba.njit(cache=True)
 def _dup_fraction(word_hash, word_len, nwords, n, grams, covered, keys, used):
     """Characters of the words covered by every occurrence of an n-gram after its first."""
-    m = _ngram_hashes(word_hash, nwords, n, grams)
+    m, size = _table_for(word_hash, nwords, n, grams, used)
     if m <= 1:
         return 0
-    size = 1
-    while size < 2 * m:
-        size *= 2
-    used[:size] = False
     covered[:nwords] = False
     any_dup = False
     for i in range(m):
