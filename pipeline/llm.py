@@ -148,6 +148,7 @@ class LLMClient:
                                           timeout=config.timeout_s, max_retries=0)
         self._limit = asyncio.Semaphore(config.max_concurrency)  # use the client in one event loop
         self.cache = ResponseCache(cache_path) if cache_path else None
+        self.progress: dict[str, list[int]] = {}  # stage -> [answered, asked]
         self.usage: dict[tuple[str, str], dict[str, int]] = defaultdict(
             lambda: {"requests": 0, "cache_hits": 0, "failures": 0, "retries": 0,
                      "prompt_tokens": 0, "completion_tokens": 0})
@@ -259,8 +260,15 @@ class LLMClient:
 
     async def many(self, requests: list[Request], stage: str = "",
                    model: type[BaseModel] | None = None) -> list[Result]:
-        calls = [self.json_model(r, model, stage) if model else self.chat(r, stage) for r in requests]
-        return list(await asyncio.gather(*calls))
+        progress = self.progress.setdefault(stage, [0, 0])
+        progress[1] += len(requests)
+
+        async def one(request: Request) -> Result:
+            result = await (self.json_model(request, model, stage) if model else self.chat(request, stage))
+            progress[0] += 1
+            return result
+
+        return list(await asyncio.gather(*(one(r) for r in requests)))
 
     async def close(self) -> None:
         await self._client.close()

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -34,6 +35,7 @@ from pipeline.stage import BOOKKEEPING, DROP_REASON, STAGE_COLUMN, Decisions, Gl
 
 log = logging.getLogger("pipeline")
 ROW_GROUP_BYTES = 16 * 2**20
+PROGRESS_EVERY_S = 15.0
 
 
 @contextlib.contextmanager
@@ -157,6 +159,9 @@ class LLMActor:
     def usage(self, stage: str | None = None) -> list[dict]:
         return self.client.usage_report(stage)
 
+    def progress(self, stage: str) -> list[int]:
+        return self.client.progress.get(stage, [0, 0])
+
 
 class ActorLLM:
     """What a stage receives as ``llm``: ``llm.chat(requests, model=None) -> list[Result]``."""
@@ -165,7 +170,14 @@ class ActorLLM:
         self.handle, self.stage, self.model_name = handle, stage, model_name
 
     def chat(self, requests: list[Request], model: Any = None) -> list[Result]:
-        return ray.get(self.handle.many.remote(requests, self.stage, model))
+        ref = self.handle.many.remote(requests, self.stage, model)
+        started = time.time()
+        while not ray.wait([ref], timeout=PROGRESS_EVERY_S)[0]:  # long LLM work shows progress
+            done, asked = ray.get(self.handle.progress.remote(self.stage))
+            log.info("%s: %d/%d LLM calls answered", self.stage, done, asked)
+            print(f"  {self.stage}: {done:,}/{asked:,} LLM calls answered, "
+                  f"{time.time() - started:.0f}s", file=sys.stderr, flush=True)
+        return ray.get(ref)
 
     def usage(self) -> list[dict]:
         return ray.get(self.handle.usage.remote(self.stage))
