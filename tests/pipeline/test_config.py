@@ -117,3 +117,9 @@ def test_cli_reports_config_errors_without_traceback(folder, capsys):
     err = capsys.readouterr().err
     assert "stages.ingest.max_charz" in err and "Traceback" not in err
     assert main(["run", str(folder / "missing.toml")]) == 2
+
+
+def test_uses_must_name_earlier_stages(folder):
+    stages = '[stages.ingest]\n[stages.quality]\nuses = ["annotate"]\n[stages.annotate]\n'
+    with pytest.raises(ConfigError, match=r"stages\.quality\.uses: 'annotate': it must be an earlier stage"):
+        load_config(make_config(folder, SOURCES, stages))

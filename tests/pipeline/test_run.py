@@ -165,3 +165,20 @@ def test_worker_killed_mid_stage_still_gives_the_same_outputs(corpus, ray_local,
     assert outputs(result.run_dir) == outputs(reference.run_dir)
     kept = read_folder(result.run_dir / "stages" / "02-filter")
     assert pc.count_distinct(kept.column("id")).as_py() == kept.num_rows
+
+
+def test_root_cause_finds_the_stage_error_inside_ray_wrappers():
+    from pipeline.run import root_cause
+
+    class Wrapped(Exception):
+        pass
+
+    inner = ValueError("the real problem")
+    text = ("\x1b[36mray::MapBatches()\x1b[39m (pid=1)\n  File \"x.py\", line 1, in f\n"
+            "    raise ValueError('the real problem')\nValueError: the real problem\n\n"
+            "The above exception was the direct cause of the following exception:\n\n"
+            "  File \"y.py\", line 2, in g\nray.exceptions.UserCodeException: UDF failed")
+    outer = Wrapped(text)
+    outer.__cause__ = inner
+    assert root_cause(outer) == "ValueError: the real problem"
+    assert root_cause(KeyError("k")) == "KeyError: 'k'"
