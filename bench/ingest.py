@@ -46,8 +46,8 @@ def ingest_run(config: Path, workers: int, name: str) -> dict:
              log_to_driver=False)
     startup = time.perf_counter() - start
     try:
-        cfg = load_config(config, [f"run.name={name}", "stages.dedup_exact.enabled=false"])
-        result = run_pipeline(cfg, console=Console(file=open("/dev/null", "w")))
+        cfg = load_config(config, [f"run.name={name}"])
+        result = run_pipeline(cfg, only=["ingest"], console=Console(file=open("/dev/null", "w")))
     finally:
         ray.shutdown()
     record = result.records[0]
@@ -58,7 +58,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     cli(["init", str(work), "--example", "code", "--force"])
     config = work / "pipeline.toml"
-    cfg = load_config(config, ["stages.dedup_exact.enabled=false"])
+    cfg = load_config(config)
     files = corpus_files(cfg)
     total_mb = sum(f[2] for f in files) / 1e6
     plain_read(files)  # warm the page cache

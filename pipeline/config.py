@@ -119,8 +119,9 @@ class PipelineConfig(Strict):
     def stage_names(self) -> list[str]:
         return [s.name for s in self.stages]
 
-    def needs_llm(self) -> bool:
-        return any(getattr(s.module, "USES_LLM", False) for s in self.stages if s.enabled)
+    def needs_llm(self, only: list[str] | None = None) -> bool:
+        return any(getattr(s.module, "USES_LLM", False) for s in self.stages
+                   if s.enabled and (only is None or s.name in only))
 
     @property
     def llm_cache(self) -> Path:

@@ -131,7 +131,7 @@ def run_pipeline(cfg: PipelineConfig, only: list[str] | None = None, force: list
         console.print(f"[dim]ray: {session['address']}, {session['cpus']} CPUs; "
                       f"run folder {run_dir}; log {log_path}[/dim]")
         llm_handle = None
-        if cfg.needs_llm():
+        if cfg.needs_llm(only):
             base_url = cfg.llm.base_url
             if not base_url:
                 teacher = Teacher(run_dir / "logs" / "teacher.log")
