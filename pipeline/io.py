@@ -137,11 +137,3 @@ def parquet_parts(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.rglob("*.parquet") if not p.name.startswith("."))
-
-
-def read_parts(folder: Path, columns: list[str] | None = None) -> pa.Table:
-    parts = parquet_parts(folder)
-    if not parts:
-        return pa.table({})
-    tables = [pq.read_table(p, columns=columns) for p in parts]
-    return pa.concat_tables(tables, promote_options="permissive")

@@ -69,10 +69,6 @@ def load_stage_module(kind: str) -> ModuleType:
     return module
 
 
-def kept_mask(table: pa.Table) -> pa.Array:
-    return table.column(DROP_REASON).is_null()
-
-
 def with_reasons(table: pa.Table, reasons: pa.Array | list, details: Any = None) -> pa.Table:
     """Attach (or replace) the ``drop_reason``/``drop_detail`` columns of a batch."""
     reasons = pa.array(reasons, pa.string()) if isinstance(reasons, list) else reasons.cast(pa.string())
