@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
@@ -86,9 +87,15 @@ class Config(BaseModel):
             return self.bands, self.rows
         # Verified candidates cost a check, missed ones are lost: favour recall when verifying.
         fp, fn = (0.02, 0.98) if self.verify != "none" else (0.5, 0.5)
-        return _optimal_param(self.threshold, self.num_perm,
-                              fp if self.false_positive_weight is None else self.false_positive_weight,
-                              fn if self.false_negative_weight is None else self.false_negative_weight)
+        return _lsh_params(self.threshold, self.num_perm,
+                           fp if self.false_positive_weight is None else self.false_positive_weight,
+                           fn if self.false_negative_weight is None else self.false_negative_weight)
+
+
+@lru_cache(maxsize=64)
+def _lsh_params(threshold: float, num_perm: int, fp: float, fn: float) -> tuple[int, int]:
+    """datasketch's optimizer (numeric integrals: about 20 ms), once per worker, not per batch."""
+    return _optimal_param(threshold, num_perm, fp, fn)
 
 
 def signature_batch(batch: pa.Table, config: Config, out: str, prefix: str) -> pa.Table:

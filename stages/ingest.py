@@ -96,7 +96,7 @@ class _Batch:
         self.cols: dict[str, list] = {k: [] for k in ("id", "text", "path", "meta", "reason", "detail")}
         self.chars = 0
 
-    def add(self, relpath: str, locator: str, text: Any, meta: dict,
+    def add(self, relpath: str, locator: str, text: Any, meta: dict | str,
             reason: str | None = None, detail: str | None = None) -> None:
         key = f"{self.unit['source']}\0{relpath}\0{locator}"
         self.cols["id"].append(hashlib.blake2b(key.encode("utf-8", "surrogateescape"),
@@ -104,7 +104,8 @@ class _Batch:
         self.cols["text"].append(text)
         self.chars += len(text) if isinstance(text, str) else 0
         self.cols["path"].append(relpath)
-        self.cols["meta"].append(json.dumps(meta, ensure_ascii=False, default=str))
+        self.cols["meta"].append(meta if isinstance(meta, str)
+                                 else json.dumps(meta, ensure_ascii=False, default=str))
         self.cols["reason"].append(reason)
         self.cols["detail"].append(detail)
 
@@ -253,17 +254,16 @@ def _read_parquet(batch: _Batch, uri, relpath, size, unit, config) -> Iterator[p
         table = pfile.read_row_group(group)
         names = table.column_names
         text_col = table.column(field) if field in names else None
-        rest = table.drop_columns([c for c in (field,) if c in names])
-        metas = pl.from_arrow(rest).select(pl.struct(pl.all()).struct.json_encode()).to_series() \
-            if rest.num_columns else None
+        # meta: the other columns (the id field as source_id) and the row, JSON-encoded at once
+        rest = pl.from_arrow(table.drop_columns([c for c in (field,) if c in names]))
+        if id_field and id_field in rest.columns:
+            rest = rest.rename({id_field: "source_id"})
+        rest = rest.with_columns(pl.int_range(row, row + table.num_rows, dtype=pl.Int64).alias("row"))
+        metas = rest.select(pl.struct(pl.all()).struct.json_encode()).to_series().to_list()
         texts = text_col.to_pylist() if text_col is not None else [None] * table.num_rows
         bad_type = text_col is not None and not pa.types.is_string(text_col.type) \
             and not pa.types.is_large_string(text_col.type)
-        for i, text in enumerate(texts):
-            meta = json.loads(metas[i]) if metas is not None else {}
-            meta["row"] = row
-            if id_field and id_field in meta:
-                meta["source_id"] = meta.pop(id_field)
+        for meta, text in zip(metas, texts):
             locator = f"R{row}"
             if text is None:
                 batch.add(relpath, locator, None, meta, f"missing_field:{field}")
