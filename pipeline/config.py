@@ -100,6 +100,8 @@ class PipelineConfig(Strict):
     sources: list[SourceConfig] = Field(default_factory=list)
     stages: list[StageEntry]
     datasets: dict[str, DatasetSpec] = Field(default_factory=dict)
+    train: list[Any] = Field(default_factory=list)  # trainers.config.TrainEntry, in file order
+    eval: Any = None  # trainers.config.EvalConfig
     path: Path = Field(exclude=True)
     raw: dict = Field(default_factory=dict, exclude=True, repr=False)
 
@@ -250,17 +252,38 @@ def config_from_dict(data: dict, path: Path) -> PipelineConfig:
             f"invalid configuration in {path}:\n  stages: at least one [stages.NAME] table is needed"
         )
     entries = [_build_stage(name, table, path) for name, table in stage_tables.items()]
+    train_tables, eval_table = data.pop("train", {}), data.pop("eval", None)
     try:
         cfg = PipelineConfig.model_validate({**data, "stages": [], "path": path, "raw": {}})
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc, path)) from exc
     cfg.stages = entries
+    _build_training(cfg, train_tables, eval_table, path)
     for src in cfg.sources:
         if "://" not in src.path and not Path(src.path).is_absolute():
             src.path = str((path.parent / src.path).resolve())
-    cfg.raw = {**data, "stages": stage_tables}
+    cfg.raw = {**data, "stages": stage_tables, "train": train_tables, "eval": eval_table}
     _check_graph(cfg)
     return cfg
+
+
+def _build_training(cfg: PipelineConfig, train_tables: Any, eval_table: Any, path: Path) -> None:
+    """``[train.*]`` and ``[eval]``: validated now, trained after the datasets are published."""
+    from trainers import config as train_config
+
+    if not isinstance(train_tables, dict):
+        raise ConfigError(f"invalid configuration in {path}:\n  train: expected [train.NAME] tables")
+    cfg.train = train_config.build_entries(train_tables, _format_errors, path)
+    if eval_table is not None:
+        try:
+            cfg.eval = train_config.EvalConfig.model_validate(eval_table)
+        except ValidationError as exc:
+            raise ConfigError(_format_errors(exc, path, "eval.")) from exc
+    names = [e.name for e in cfg.train]
+    for model in cfg.eval.models if cfg.eval else []:
+        if model not in names and not (path.parent / model).exists() and not Path(model).exists():
+            raise ConfigError(f"invalid configuration in {path}:\n  eval.models: {model!r} is "
+                              "no [train.*] model and no existing folder")
 
 
 def _check_graph(cfg: PipelineConfig) -> None:

@@ -62,6 +62,8 @@ class RunResult:
     ran: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     datasets: dict[str, Path] = field(default_factory=dict)
+    models: dict[str, Path] = field(default_factory=dict)
+    evaluations: dict[str, dict] = field(default_factory=dict)
 
 
 def root_cause(exc: BaseException) -> str:
@@ -152,16 +154,36 @@ def run_pipeline(cfg: PipelineConfig, only: list[str] | None = None, force: list
                 by_name[entry.name] = record
             previous = entry.name
         result.records = [by_name[s.name] for s in cfg.stages if s.name in by_name]
-    for name, spec in cfg.datasets.items():
-        rec = by_name.get(spec.from_stage)
-        if rec is None:
-            console.print(f"[yellow]dataset {name}: stage {spec.from_stage} has not run[/yellow]")
-            continue
-        result.datasets[name] = card.publish(cfg, name, spec, rec, result.records)
-    console.print(ledger.funnel_table(result.records, f"{cfg.run.name}: funnel"))
-    for name, path in result.datasets.items():
-        console.print(f"dataset [bold]{name}[/bold] -> {path}")
+        for name, spec in cfg.datasets.items():
+            rec = by_name.get(spec.from_stage)
+            if rec is None:
+                console.print(f"[yellow]dataset {name}: stage {spec.from_stage} has not run[/yellow]")
+                continue
+            result.datasets[name] = card.publish(cfg, name, spec, rec, result.records)
+        console.print(ledger.funnel_table(result.records, f"{cfg.run.name}: funnel"))
+        for name, path in result.datasets.items():
+            console.print(f"dataset [bold]{name}[/bold] -> {path}")
+        if only is None and (cfg.train or cfg.eval):
+            _train_and_evaluate(cfg, result, console)
     return result
+
+
+def _train_and_evaluate(cfg: PipelineConfig, result: RunResult, console: Console) -> None:
+    """The run's ``[train.*]`` models, then ``[eval]``: after the datasets they read."""
+    from trainers.run import TrainError, train_all
+
+    try:
+        result.models = train_all(cfg, console=console)
+        if cfg.eval and cfg.eval.enabled:
+            from trainers.evaluate import evaluate_run
+
+            result.evaluations = evaluate_run(cfg, console)
+    except TrainError as exc:
+        raise RunError(str(exc)) from exc
+    except Exception as exc:
+        log.exception("training failed")
+        raise RunError(f"training failed: {root_cause(exc)} (finished models are kept; a rerun "
+                       "resumes from the last checkpoint)") from exc
 
 
 def _stage(cfg: PipelineConfig, index: int, entry: StageEntry, upstream: str | None,

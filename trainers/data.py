@@ -1,0 +1,159 @@
+"""Pretraining data: Parquet texts tokenized in parallel into packed token shards, memory-mapped.
+
+``tokenize_to_shards`` runs one Ray task per Parquet file; each writes ``shard-NNNNN.bin``
+(uint16 when the vocabulary fits, else uint32): every document's tokens followed by EOS. An
+``index.json`` names the shards, their token counts and the fingerprint of the inputs, so a
+rerun reuses the shards. ``PackedBlocks`` cuts the concatenated stream into blocks of
+``seq_len + 1`` tokens (inputs and next-token targets). ``Split`` holds every
+1/eval_fraction-th example (block, SFT example, DPO pair) out for the eval loss and serves
+micro-batch ``i`` of a seeded per-epoch permutation: the data cursor is a single integer that a
+checkpoint saves, so a resumed run continues at the same token.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from pipeline import io
+
+INDEX = "index.json"
+
+
+def _dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16) if vocab_size <= 65535 else np.dtype(np.uint32)
+
+
+def tokenize_file(path: str, tokenizer_dir: str, column: str, out_path: str,
+                  gguf_file: str | None = None) -> dict:
+    """Tokenize one Parquet file's ``column`` into a flat token file (docs joined by EOS)."""
+    from trainers.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(Path(tokenizer_dir), gguf_file)
+    backend = tok.backend_tokenizer
+    dtype = _dtype(len(tok))
+    eos = tok.eos_token_id
+    parquet = pq.ParquetFile(path)
+    if column not in parquet.schema_arrow.names:
+        raise ValueError(f"{path}: no column {column!r} (columns: {parquet.schema_arrow.names})")
+    docs = tokens = 0
+    tmp = Path(out_path + ".tmp")
+    with open(tmp, "wb") as fh:
+        for batch in parquet.iter_batches(columns=[column], batch_size=512):
+            texts = [t for t in batch.column(0).to_pylist() if t]
+            if not texts:
+                continue
+            encoded = backend.encode_batch(texts, add_special_tokens=False)
+            parts = []
+            for enc in encoded:
+                parts.append(np.asarray(enc.ids, dtype=dtype))
+                parts.append(np.asarray([eos], dtype=dtype))
+            flat = np.concatenate(parts)
+            fh.write(flat.tobytes())
+            docs += len(texts)
+            tokens += int(flat.size)
+    tmp.rename(out_path)
+    return {"file": Path(out_path).name, "tokens": tokens, "docs": docs}
+
+
+def tokenize_to_shards(files: list[Path], tokenizer_dir: Path, column: str, out_dir: Path,
+                       gguf_file: str | None = None) -> dict:
+    """Tokenize every file in parallel on Ray (or reuse shards of the same inputs)."""
+    import ray
+
+    fingerprint = io.fingerprint([[str(f), f.stat().st_size] for f in files]
+                                 + [str(tokenizer_dir), gguf_file, column])
+    index_path = out_dir / INDEX
+    if index_path.is_file():
+        index = json.loads(index_path.read_text())
+        if index.get("fingerprint") == fingerprint:
+            return index
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in out_dir.glob("shard-*"):
+        old.unlink()
+    task = ray.remote(num_cpus=1)(tokenize_file)
+    refs = [task.remote(str(f), str(tokenizer_dir), column, str(out_dir / f"shard-{i:05d}.bin"),
+                        gguf_file) for i, f in enumerate(files)]
+    shards = ray.get(refs)
+    from trainers.tokenizer import load_tokenizer
+
+    vocab = len(load_tokenizer(tokenizer_dir, gguf_file))
+    index = {"fingerprint": fingerprint, "dtype": _dtype(vocab).name, "vocab_size": vocab,
+             "shards": shards, "tokens": sum(s["tokens"] for s in shards),
+             "docs": sum(s["docs"] for s in shards)}
+    io.write_text_atomic(index_path, json.dumps(index, indent=2))
+    return index
+
+
+class PackedBlocks:
+    """Next-token blocks of ``seq_len + 1`` tokens over memory-mapped shards."""
+
+    def __init__(self, shard_dir: Path, seq_len: int):
+        index = json.loads((shard_dir / INDEX).read_text())
+        dtype = np.dtype(index["dtype"])
+        self.arrays = [np.memmap(shard_dir / s["file"], dtype=dtype, mode="r")
+                       for s in index["shards"] if s["tokens"]]
+        sizes = np.array([len(a) for a in self.arrays], dtype=np.int64)
+        self.starts = np.concatenate([[0], np.cumsum(sizes)])
+        self.seq_len = seq_len
+        total = int(self.starts[-1])
+        self.blocks = max(0, (total - 1) // seq_len)
+        if self.blocks < 2:
+            raise ValueError(f"{total:,} tokens make fewer than 2 blocks of {seq_len}; "
+                             "use more data or a shorter seq_len")
+
+    def __len__(self) -> int:
+        return self.blocks
+
+    def _block(self, block: int) -> np.ndarray:
+        """Tokens [block * seq_len, (block + 1) * seq_len + 1) of the stream, across shards."""
+        start, end = block * self.seq_len, (block + 1) * self.seq_len + 1
+        pieces = []
+        shard = int(np.searchsorted(self.starts, start, side="right")) - 1
+        while start < end:
+            offset = start - int(self.starts[shard])
+            piece = self.arrays[shard][offset:offset + end - start]
+            pieces.append(piece)
+            start += len(piece)
+            shard += 1
+        return np.concatenate(pieces).astype(np.int64)
+
+    def batch_of(self, ids: list[int]) -> dict:
+        import torch
+
+        arr = np.stack([self._block(i) for i in ids])
+        return {"input_ids": torch.from_numpy(arr[:, :-1].copy()),
+                "targets": torch.from_numpy(arr[:, 1:].copy())}
+
+
+class Split:
+    """Train/held-out split of an example set; micro-batch ``i`` of a seeded per-epoch order."""
+
+    def __init__(self, examples, eval_fraction: float, seed: int):
+        n = len(examples)
+        every = max(2, round(1 / eval_fraction))
+        ids = np.arange(n)
+        held = ids % every == every - 1 if n >= 2 * every else np.zeros(n, dtype=bool)
+        self.examples, self.seed = examples, seed
+        self.train_ids, self.eval_ids = ids[~held], ids[held]
+        if len(self.train_ids) == 0:
+            raise ValueError("no usable training example")
+        self._order: tuple[int, np.ndarray] | None = None
+
+    def _epoch(self, epoch: int) -> np.ndarray:
+        if self._order is None or self._order[0] != epoch:
+            rng = np.random.default_rng([self.seed, epoch])
+            self._order = (epoch, rng.permutation(self.train_ids))
+        return self._order[1]
+
+    def batch(self, index: int, size: int) -> dict:
+        n = len(self.train_ids)
+        ids = [int(self._epoch(pos // n)[pos % n]) for pos in range(index * size, (index + 1) * size)]
+        return self.examples.batch_of(ids)
+
+    def eval_batch(self, index: int, size: int) -> dict | None:
+        ids = [int(i) for i in self.eval_ids[index * size:(index + 1) * size]]
+        return self.examples.batch_of(ids) if ids else None

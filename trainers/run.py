@@ -1,0 +1,206 @@
+"""Training in a run: ``[train.*]`` tables in order, each resumed or skipped like a stage.
+
+Models folder::
+
+    runs/NAME/models/MODEL/            save_pretrained folder + README.md (model card) +
+                                       metrics.csv + tensorboard/ + _SUCCESS.json
+    runs/NAME/models/.MODEL.work/      checkpoints while training (removed when it finishes)
+    runs/NAME/tokens/DATASET-KEY/      packed token shards (reused while inputs are unchanged)
+
+A model is skipped when its ``_SUCCESS.json`` carries the same key: a hash of its objective,
+config, the fingerprints of its datasets and the keys of the models it starts from. An
+interrupted training resumes from its newest checkpoint with the same key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from pipeline import io
+from trainers import card
+from trainers.config import TrainEntry
+from trainers.models import Base, ModelError, resolve_base
+
+log = logging.getLogger("pipeline")
+SUCCESS = "_SUCCESS.json"
+VERSION = "1"
+
+
+class TrainError(RuntimeError):
+    """A training that cannot start or finish; the message says which and why."""
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else ""
+
+
+def dataset_input(cfg, name: str) -> dict:
+    """Parquet files, fingerprint and card of a run dataset (by name) or a Parquet path."""
+    if name in cfg.datasets:
+        folder = cfg.run_dir / "datasets" / name
+        if not (folder / "README.md").is_file():
+            raise TrainError(f"dataset {name!r} has not been published yet: run `pipeline run` first")
+        files, card_path = io.parquet_parts(folder / "data"), folder / "README.md"
+    else:
+        path = Path(name) if Path(name).is_absolute() else cfg.path.parent / name
+        if not path.exists():
+            raise TrainError(f"dataset {name!r}: not a dataset of this run "
+                             f"({', '.join(cfg.datasets) or 'none'}) nor an existing path")
+        files = [path] if path.is_file() else sorted(path.rglob("*.parquet"))
+        card_path = (path if path.is_dir() else path.parent) / "README.md"
+    if not files:
+        raise TrainError(f"dataset {name!r} has no Parquet files")
+    return {"name": name, "files": files, "card": str(card_path), "card_sha256": _sha(card_path),
+            "fingerprint": io.fingerprint([[str(f), f.stat().st_size] for f in files])}
+
+
+def model_key(base: Base, models_dir: Path) -> str:
+    """What a base is, for the key: a run model's own key, else its files' names and sizes."""
+    done = _success(base.folder)
+    if base.folder.parent == models_dir and done:
+        return done["key"]
+    files = [base.folder / base.gguf_file] if base.gguf_file else sorted(base.folder.iterdir())
+    return io.fingerprint([[f.name, f.stat().st_size] for f in files if f.is_file()])
+
+
+def _success(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / SUCCESS).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _names(value) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)
+
+
+def train_all(cfg, names: list[str] | None = None, console: Console | None = None) -> dict[str, Path]:
+    """Train (or skip, or resume) the enabled ``[train.*]`` entries, in order."""
+    console = console or Console(stderr=True)
+    for name in names or []:
+        if name not in [e.name for e in cfg.train]:
+            raise TrainError(f"no [train.{name}] table; trainings: {[e.name for e in cfg.train]}")
+    out = {}
+    for entry in cfg.train:
+        if not entry.enabled or (names and entry.name not in names):
+            continue
+        try:
+            out[entry.name] = train_one(cfg, entry, console)
+        except (ModelError, ValueError) as exc:
+            raise TrainError(f"train.{entry.name}: {exc}") from exc
+    return out
+
+
+def train_one(cfg, entry: TrainEntry, console: Console) -> Path:
+    models_dir = cfg.run_dir / "models"
+    cfg_model = entry.config
+    datasets = [dataset_input(cfg, n) for n in _names(cfg_model.dataset)]
+    bases: dict[str, Base] = {}
+    if entry.objective in ("sft", "dpo"):
+        bases["base"] = resolve_base(cfg_model.base, models_dir, cfg.path.parent)
+    if entry.objective != "tokenizer":
+        tokenizer = getattr(cfg_model, "tokenizer", None)
+        bases["tokenizer"] = resolve_base(tokenizer, models_dir, cfg.path.parent) if tokenizer \
+            else bases["base"]
+    key = io.fingerprint([VERSION, entry.objective, cfg_model.model_dump(mode="json"),
+                          [d["fingerprint"] for d in datasets],
+                          {k: model_key(b, models_dir) for k, b in bases.items()}])
+    final = models_dir / entry.name
+    done = _success(final)
+    if done and done.get("key") == key:
+        console.print(f"[green]✓[/green] model {entry.name}: unchanged, skipped")
+        return final
+    console.print(f"[cyan]▶[/cyan] model {entry.name} ({entry.objective})")
+    work = models_dir / f".{entry.name}.work"
+    tmp = io.temp_sibling(final)
+    started = time.time()
+    try:
+        if entry.objective == "tokenizer":
+            from trainers.tokenizer import train_tokenizer
+
+            files = [f for d in datasets for f in d["files"]]
+            summary = train_tokenizer(files, tmp, cfg_model.text_column, cfg_model.vocab_size,
+                                      cfg_model.min_frequency, cfg_model.max_chars)
+        else:
+            summary = _train_model(cfg, entry, key, datasets, bases, work, tmp, console)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    record = {"name": entry.name, "objective": entry.objective, "key": key,
+              "config": cfg_model.model_dump(mode="json"), "summary": summary,
+              "datasets": [{k: d[k] for k in ("name", "card", "card_sha256", "fingerprint")}
+                           for d in datasets],
+              "bases": {k: b.label for k, b in bases.items()},
+              "wall_s": round(time.time() - started, 2),
+              "finished_at": datetime.now(UTC).isoformat(timespec="seconds")}
+    for item in ("metrics.csv", "tensorboard"):
+        if (work / item).exists():
+            shutil.move(str(work / item), str(tmp / item))
+    card.write_model_card(tmp, record)
+    io.write_text_atomic(tmp / SUCCESS, json.dumps(record, indent=2, default=str))
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    shutil.rmtree(work, ignore_errors=True)
+    console.print(f"  model {entry.name} -> {final} in {record['wall_s']:.1f}s "
+                  + card.summary_line(summary))
+    return final
+
+
+def _train_model(cfg, entry: TrainEntry, key: str, datasets: list[dict], bases: dict[str, Base],
+                 work: Path, tmp: Path, console: Console) -> dict:
+    from trainers.job import Job, execute
+
+    conf = entry.config
+    job = Job(name=entry.name, objective=entry.objective, config=conf.model_dump(mode="json"),
+              key=key, work_dir=work, out_dir=tmp, tokenizer=bases["tokenizer"],
+              base=bases.get("base"), files=[f for d in datasets for f in d["files"]])
+    if entry.objective == "pretrain":
+        from trainers.data import tokenize_to_shards
+
+        tok = bases["tokenizer"]
+        shard_dir = cfg.run_dir / "tokens" / f"{entry.name}-{key}"
+        index = tokenize_to_shards(job.files, tok.folder, conf.text_column, shard_dir, tok.gguf_file)
+        console.print(f"  {index['docs']:,} documents, {index['tokens']:,} tokens in "
+                      f"{len(index['shards'])} shard(s)")
+        job.shard_dir = shard_dir
+    if conf.workers > 1:
+        from trainers.distributed import run_workers
+
+        return run_workers(job, conf.workers, conf.strategy, conf.use_gpu)
+    with _progress_bar(console, entry.name, conf.max_steps) as update:
+        return execute(job, progress=update)
+
+
+class _progress_bar:
+    """A rich progress bar showing step, loss and throughput."""
+
+    def __init__(self, console: Console, name: str, total: int):
+        self.bar = Progress(TextColumn(f"  {name}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                            TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
+                            TimeRemainingColumn(), console=console, transient=False)
+        self.task = self.bar.add_task(name, total=total, info="")
+        self.shown: dict = {}
+
+    def __enter__(self):
+        self.bar.start()
+        return self.update
+
+    def update(self, step: int, row: dict) -> None:
+        self.shown.update({k: v for k, v in row.items() if v is not None})
+        parts = [f"loss {self.shown['loss']:.3f}" if "loss" in self.shown else "",
+                 f"eval {self.shown['eval_loss']:.3f}" if "eval_loss" in self.shown else "",
+                 f"{self.shown['tokens_per_s']:,.0f} tok/s" if "tokens_per_s" in self.shown else ""]
+        self.bar.update(self.task, completed=step, info="  ".join(p for p in parts if p))
+
+    def __exit__(self, *exc) -> None:
+        self.bar.stop()
