@@ -11,6 +11,10 @@ The last user message steers it with markers (``k`` = how many times, then it an
     [[json:{...}]]          this content
 Otherwise it echoes the prompt (``echo: <message>``), and answers JSON requests with
 ``{"score": 3, "reason": "fine", "rationale": "fine"}``. ``server.requests`` counts requests.
+
+``routes``: ``[(regex, reply)]`` checked in order against all message contents joined (after
+the status, badbody, hang and delay markers): the first match answers with ``reply``, a string
+or ``reply(body) -> str | (str, finish_reason)``, so tests can script multi-step prompts.
 """
 
 from __future__ import annotations
@@ -28,8 +32,9 @@ class _Server(ThreadingHTTPServer):
 
 
 class ScriptedServer:
-    def __init__(self, latency_s: float = 0.0):
+    def __init__(self, latency_s: float = 0.0, routes: list | None = None):
         self.latency_s = latency_s
+        self.routes = [(re.compile(pattern, re.S), reply) for pattern, reply in routes or []]
         self.requests = 0
         self.inflight = self.max_inflight = 0
         self.seen: Counter = Counter()
@@ -124,7 +129,13 @@ class ScriptedServer:
             time.sleep(int(delay.group(1)) / 1000)
         finish = "stop"
         wants_json = body.get("response_format", {}).get("type") == "json_object" or "JSON" in last
-        if (times := marker("truncate")) is not None and count <= times:
+        everything = "\n".join(str(m.get("content", "")) for m in messages)
+        route = next((reply for pattern, reply in self.routes if pattern.search(everything)), None)
+        if route is not None:
+            content = route(body) if callable(route) else route
+            if isinstance(content, tuple):
+                content, finish = content
+        elif (times := marker("truncate")) is not None and count <= times:
             content, finish = '{"score": 3, "reas', "length"
         elif (times := marker("badjson")) is not None and count <= times:
             content = "I think it is pretty good, maybe a three."
@@ -152,8 +163,15 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--latency", type=float, default=0.0)
     parser.add_argument("--port-file", required=True, help="write the chosen port here")
+    parser.add_argument("--routes", help="module:NAME of a routes list, e.g. bench.synthetic:ROUTES")
     args = parser.parse_args()
-    server = ScriptedServer(latency_s=args.latency)
+    routes = None
+    if args.routes:
+        import importlib
+
+        module, _, name = args.routes.partition(":")
+        routes = getattr(importlib.import_module(module), name)
+    server = ScriptedServer(latency_s=args.latency, routes=routes)
     with open(args.port_file, "w") as fh:
         fh.write(str(server.httpd.server_address[1]))
     server.httpd.serve_forever()

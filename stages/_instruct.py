@@ -1,0 +1,192 @@
+"""Self-Instruct text handling: seed tasks, parsing teacher replies, the instruction filters and
+the instance filters (Wang et al. 2022, "Self-Instruct", Section 2 and its reference code;
+Taori et al. 2023, Alpaca's batch format). The stage logic lives in ``stages/self_instruct.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import string
+from importlib import resources
+from pathlib import Path
+
+# Keywords the reference filters out: tasks a text-only model cannot do (Self-Instruct's list,
+# with video/audio/flowchart/diagram from Alpaca's).
+BLACKLIST = ("image", "images", "graph", "graphs", "picture", "pictures", "file", "files", "map",
+             "maps", "draw", "plot", "go to", "video", "audio", "flowchart", "diagram")
+NUMBERED = re.compile(r"(?:^|\n)[ \t]*(?:#+[ \t]*)?\d+[ \t]?[.)][ \t]*")
+OUTPUT_MARK = re.compile(r"Output\s*\d*\s*:")
+INPUT_MARK = re.compile(r"Input\s*\d*\s*:")
+EXAMPLE_MARK = re.compile(r"Example\s?\d*\.?")
+
+
+class SeedError(ValueError):
+    """A seed task file that is missing or not in the seed_tasks.jsonl format."""
+
+
+def load_seed_tasks(path: str) -> tuple[list[dict], str]:
+    """Seed tasks (``builtin``: ours, in ``stages/data``), and the file's text for hashing."""
+    if path == "builtin":
+        text = (resources.files("stages") / "data" / "seed_tasks.jsonl").read_text("utf-8")
+        where = "stages/data/seed_tasks.jsonl"
+    else:
+        if not Path(path).is_file():
+            raise SeedError(f"seed task file {path} not found")
+        text, where = Path(path).read_text("utf-8"), path
+    tasks = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            task = json.loads(line)
+            instances = [{"input": str(i.get("input", "")), "output": str(i["output"])}
+                         for i in task.get("instances", [])]
+            tasks.append({"id": str(task.get("id", f"seed_task_{number}")),
+                          "instruction": re.sub(r"\s+", " ", task["instruction"]).strip(),
+                          "instances": instances,
+                          "is_classification": bool(task.get("is_classification", False))})
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+            raise SeedError(f"{where}:{number}: expected an object with 'instruction' and "
+                            f"'instances' [{{'input', 'output'}}] ({type(exc).__name__}: {exc})") from exc
+    if not tasks:
+        raise SeedError(f"{where}: no seed tasks")
+    return tasks, text
+
+
+def split_numbered(text: str) -> list[tuple[str, bool]]:
+    """The items of a numbered list, each with whether it came before any number (a lead-in,
+    or the continuation of the number the prompt ended with)."""
+    parts = NUMBERED.split(text)
+    return [(part, i == 0) for i, part in enumerate(parts) if part.strip()]
+
+
+def clean(text: str) -> str:
+    """Whitespace collapsed, first letter upper-cased (the reference's ``capitalize()`` would
+    also lower-case every later letter, names and acronyms included)."""
+    text = re.sub(r"\s+", " ", text).strip().strip("*").strip()
+    return text[:1].upper() + text[1:]
+
+
+def instruction_problem(text: str, min_words: int, max_words: int,
+                        blacklist: tuple[str, ...]) -> tuple[str, str] | None:
+    """The reference's filters in its order; ``(reason, detail)`` or None when it passes."""
+    words = len(text.split())
+    if words < min_words:
+        return "too_short", f"{words} words"
+    if words > max_words:
+        return "too_long", f"{words} words"
+    for word in blacklist:
+        if re.search(rf"\b{re.escape(word)}\b", text, re.IGNORECASE):
+            return "blacklisted_keyword", word
+    if text.startswith("Write a program"):
+        return "write_a_program", None
+    if text[0] in string.punctuation:
+        return "starts_with_punctuation", text[0]
+    if not text[0].isascii():
+        return "non_ascii_start", text[0]
+    return None
+
+
+def is_yes(text: str) -> bool:
+    """The classification verdict: the reply starts with yes (anything else is no)."""
+    return bool(re.match(r"\s*(classification\s*:\s*)?yes\b", text or "", re.IGNORECASE))
+
+
+def _input_output(text: str) -> tuple[str, str]:
+    """One example's input and output (no Output mark: it is all output)."""
+    if OUTPUT_MARK.search(text):
+        before, after = OUTPUT_MARK.split(text, maxsplit=1)
+    else:
+        before, after = "", text
+    after = INPUT_MARK.split(after, maxsplit=1)[0]  # a second example run together
+    before = re.sub(r"^\s*Input\s*\d*\s*:", "", before.strip())
+    return before.strip(), after.strip()
+
+
+def parse_input_first(text: str) -> list[tuple[str, str]]:
+    """Examples of a generation task: ``Example N / Input: / Output:`` blocks."""
+    text = (text or "").strip()
+    if EXAMPLE_MARK.search(text):
+        return [_input_output(block) for block in EXAMPLE_MARK.split(text) if block.strip()]
+    if OUTPUT_MARK.search(text):
+        return [_input_output(text)]
+    return []
+
+
+def parse_output_first(text: str) -> list[tuple[str, str]]:
+    """Examples of a classification task: ``Class label: X`` then the input on the next lines."""
+    if "Class label:" not in (text or ""):
+        return []
+    out = []
+    for block in text.split("Class label:")[1:]:
+        label, _, rest = block.strip().partition("\n")
+        rest = re.sub(r"^\s*Input\s*\d*\s*:", "", rest.strip())
+        out.append((rest.strip(), label.strip()))
+    return out
+
+
+def parse_alpaca(text: str, first: int) -> list[tuple[str, str, str] | None]:
+    """Alpaca's ``###``-separated ``N. Instruction/Input/Output`` triples; None for a block that
+    does not have the three fields."""
+    if not re.match(r"\s*\d+\.\s*Instruction:", text or ""):
+        text = f"{first}. Instruction:" + (text or "")
+    out = []
+    for block in text.split("###"):
+        if not block.strip():
+            continue
+        fields = re.split(r"\d+\.\s*(Instruction|Input|Output):", block)
+        if len(fields) != 7:
+            out.append(None)
+            continue
+        inp = fields[4].strip()
+        out.append((fields[2].strip(), "" if inp.lower() == "<noinput>" else inp, fields[6].strip()))
+    return out
+
+
+def format_alpaca(examples: list[tuple[str, str, str]]) -> str:
+    """In-context examples in Alpaca's batch format."""
+    blocks = []
+    for i, (instruction, inp, output) in enumerate(examples, start=1):
+        blocks.append(f"###\n{i}. Instruction: {instruction.rstrip(':')}\n"
+                      f"{i}. Input:\n{inp or '<noinput>'}\n{i}. Output:\n{output}")
+    return "\n".join(blocks)
+
+
+def screen_instances(pairs: list[tuple[str, str]], truncated: bool,
+                     limit: int) -> list[tuple[str, str, str | None]]:
+    """``(input, output, reason)`` for every parsed example, in the reference's order: a cut-off
+    last example, invalid ones (output empty, equal to the input, or ending with a colon),
+    exact repeats; then if two kept examples share a non-empty input with different outputs,
+    every example of the task is dropped; at most ``limit`` are kept."""
+    out: list[tuple[str, str, str | None]] = []
+    seen: set[tuple[str, str]] = set()
+    for i, (inp, output) in enumerate(pairs):
+        reason = None
+        if truncated and i == len(pairs) - 1:
+            reason = "truncated_item"
+        elif not output:
+            reason = "empty_output"
+        elif inp == output:
+            reason = "same_input_output"
+        elif inp.endswith(":") or output.endswith(":"):
+            reason = "incomplete_instance"
+        elif (inp, output) in seen:
+            reason = "duplicate_instance"
+        if reason is None:
+            seen.add((inp, output))
+        out.append((inp, output, reason))
+    kept = [(i, o) for i, o, r in out if r is None]
+    outputs: dict[str, set[str]] = {}
+    for inp, output in kept:
+        if inp:
+            outputs.setdefault(inp, set()).add(output)
+    if any(len(v) > 1 for v in outputs.values()):
+        return [(i, o, r or "conflicting_instances") for i, o, r in out]
+    count = 0
+    for n, (inp, output, reason) in enumerate(out):
+        if reason is None:
+            count += 1
+            if count > limit:
+                out[n] = (inp, output, "over_instance_limit")
+    return out

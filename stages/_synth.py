@@ -1,0 +1,136 @@
+"""What the synthetic-data stages share: seeds, completions checks, provenance, rows, cards."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+
+from pipeline import prompts
+from pipeline.llm import Result
+from pipeline.stage import DROP_DETAIL, DROP_REASON, GlobalContext
+
+
+def derive_seed(*parts: object) -> int:
+    """A stable 31-bit seed from any parts (request seeds, sampling): reruns ask the same."""
+    digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") & 0x7FFFFFFF
+
+
+def rng(*parts: object) -> random.Random:
+    return random.Random(derive_seed(*parts))
+
+
+def weighted_pick(key: object, names: list[str], weights: list[float]) -> str:
+    """A name drawn with probability proportional to its weight, fixed by ``key``."""
+    return rng(key).choices(names, weights=weights, k=1)[0]
+
+
+def trim_to_sentence(text: str) -> str:
+    """A cut-off completion up to its last complete paragraph or sentence ('' if none)."""
+    text = text.rstrip()
+    cut = text.rfind("\n\n")
+    ends = [m.end() for m in re.finditer(r"[.!?][\"')\]]?(?=\s|$)", text)]
+    last = max([cut] + ends)
+    return text[:last].rstrip() if last > 0 else ""
+
+
+def completion(result: Result, truncated: str = "reject",
+               index: int = 0) -> tuple[str | None, str | None, str | None]:
+    """``(text, reason, detail)`` of one completion: LLM errors, empty replies and cut-off
+    replies (``truncated = "reject"``, or ``"trim"`` to the last whole sentence) are reasons."""
+    if not result.ok:
+        return None, result.error, result.detail
+    if index >= len(result.texts):
+        return None, "missing_completion", f"{len(result.texts)} choices returned"
+    text = (result.texts[index] or "").strip()
+    cut = index < len(result.finish_reasons) and result.finish_reasons[index] == "length"
+    if cut and truncated == "trim":
+        text = trim_to_sentence(text)
+    elif cut:
+        return None, "llm_truncated", text[-300:]
+    if not text:
+        return None, "empty_completion", None
+    return text, None, None
+
+
+def content_hash(text: str) -> str:
+    """The hash ingest gives ``content_hash``, so exact dedup works on generated text too."""
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def load_prompts(*names: str) -> list[prompts.Prompt]:
+    return [prompts.load(name) for name in names]
+
+
+def provenance(templates: list[prompts.Prompt]) -> dict[str, str]:
+    """``prompt`` and ``prompt_hash`` columns for rows made with these templates, in order."""
+    return {"prompt": "+".join(t.name for t in templates),
+            "prompt_hash": "+".join(t.hash for t in templates)}
+
+
+def table(rows: list[dict], schema: pa.Schema) -> pa.Table:
+    """Rows (dicts; missing keys are null) as a Records table with the bookkeeping columns."""
+    full = pa.schema(list(schema) + [pa.field(DROP_REASON, pa.string()),
+                                     pa.field(DROP_DETAIL, pa.string())])
+    return pa.Table.from_pylist([{f.name: row.get(f.name) for f in full} for row in rows],
+                                schema=full)
+
+
+def seed_documents(ctx: GlobalContext, column: str, count: int, seed: int,
+                   max_chars: int) -> list[dict]:
+    """Up to ``count`` input documents (``id``, excerpt), a seeded random sample."""
+    frame = pl.from_arrow(ctx.read(["id"]))
+    if frame.height == 0:
+        return []
+    ids = frame.with_columns(pl.col("id").hash(seed=seed).alias("_k")).sort("_k") \
+        .head(count)["id"].to_list()
+    rows = ctx.read(["id", column], ids=ids).to_pylist()
+    order = {doc: i for i, doc in enumerate(ids)}
+    rows.sort(key=lambda r: order[r["id"]])
+    return [{"id": r["id"], "text": (r[column] or "")[:max_chars]} for r in rows]
+
+
+def subjects(ctx: GlobalContext, topics: list[str], from_input: bool, text_column: str,
+             count: int, seed: int, max_chars: int) -> list[dict]:
+    """What each generated item is about: ``{"seed_doc": id, "extract": text}`` from the input
+    documents, or ``{"topic": ...}`` from the configured list, cycled to ``count``."""
+    if from_input:
+        docs = seed_documents(ctx, text_column, count, seed, max_chars)
+        items = [{"seed_doc": d["id"], "extract": d["text"], "topic": None} for d in docs
+                 if d["text"].strip()]
+    else:
+        items = [{"seed_doc": None, "extract": None, "topic": t} for t in topics]
+    return [items[i % len(items)] for i in range(count)] if items else []
+
+
+def combos(count: int, seed: int, *axes: list[str]) -> list[tuple[str, ...]]:
+    """``count`` combinations of the axes, cycling through a seeded shuffle of their product,
+    so every combination appears before any repeats (diverse by construction)."""
+    product = [()]
+    for axis in axes:
+        product = [p + (a,) for p in product for a in axis]
+    rng(seed, "combos").shuffle(product)
+    return [product[i % len(product)] for i in range(count)]
+
+
+def reasons_table(record: dict) -> list[str]:
+    reasons = record.get("rejected_by_reason", {})
+    if not reasons:
+        return []
+    lines = ["", "| reason | rows |", "|---|---:|"]
+    return lines + [f"| `{k}` | {v:,} |" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1])]
+
+
+def card(title: str, record: dict, summary: list[str], plot_dir: Path | None = None) -> str:
+    """A stage's card section: title, summary lines, the prompts with hashes, the reasons."""
+    info = record.get("info", {})
+    lines = [f"## {title} (`{record['folder']}`)", ""] + summary
+    if info.get("prompts"):
+        lines += ["", "Prompt templates: " + ", ".join(f"`{k}` ({v})" for k, v in
+                                                         info["prompts"].items())]
+    return "\n".join(lines + reasons_table(record))
