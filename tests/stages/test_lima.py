@@ -1,0 +1,186 @@
+"""LIMA selection: offline embeddings, the greedy and k-center filters, rules, and the stage
+with its judge through the scripted server."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import numpy as np
+import polars as pl
+
+from pipeline.config import load_config
+from pipeline.run import run_pipeline
+from stages import _diversity as div
+from stages.lima import Config, rule_reasons
+from tests.conftest import make_config, read_folder, write_jsonl
+from tests.llm_server import ScriptedServer
+
+TOPICS = ["reverse a linked list in Python", "the causes of the French Revolution",
+          "how photosynthesis stores energy", "a haiku about autumn rain",
+          "compound interest on a savings account", "the rules of chess castling",
+          "why the sky looks blue", "a SQL query for the top five customers by revenue",
+          "the difference between TCP and UDP", "how vaccines train the immune system",
+          "a packing list for a winter hike", "the plot of Hamlet in three sentences",
+          "solving a quadratic equation", "the history of the printing press",
+          "binary search and its running time", "how to brew pour-over coffee"]
+
+
+def test_embedding_model_loads_offline(monkeypatch):
+    attempts = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args)
+        raise OSError("network access attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    div._model.cache_clear()
+    vectors = div.embed(["How do I sort a list in Python?", "How can I sort a Python list?",
+                         "The French Revolution began in 1789."])
+    assert attempts == []
+    assert vectors.shape == (3, 384) and vectors.dtype == np.float32
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+    sims = vectors @ vectors.T
+    assert sims[0, 1] > 0.8 > 0.3 > sims[0, 2]
+
+
+def plain_greedy(vectors, cats, caps, target, threshold):
+    """The filter as written in Deita: one candidate at a time against every selected one."""
+    chosen, status, counts = [], [], {}
+    for i, v in enumerate(vectors):
+        if len(chosen) >= target:
+            status.append(div.NOT_REACHED)
+        elif caps[cats[i]] >= 0 and counts.get(cats[i], 0) >= caps[cats[i]]:
+            status.append(div.QUOTA_FULL)
+        elif chosen and max(float(v @ vectors[j]) for j in chosen) >= threshold:
+            status.append(div.TOO_SIMILAR)
+        else:
+            chosen.append(i)
+            counts[cats[i]] = counts.get(cats[i], 0) + 1
+            status.append(div.SELECTED)
+    return np.array(status)
+
+
+def clustered(n: int, centers: int, noise: float, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    base = rng.normal(size=(centers, 384))
+    points = base[rng.integers(0, centers, n)] + noise * rng.normal(size=(n, 384))
+    return (points / np.linalg.norm(points, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_greedy_blocks_and_chunks_equal_the_plain_loop_and_quotas_hold():
+    vectors = clustered(1500, 300, 0.25)
+    cats = np.random.default_rng(1).integers(0, 3, len(vectors))
+    caps = np.array([40, -1, -1])
+    expected = plain_greedy(vectors, cats, caps, 200, 0.9)
+    greedy = div.Greedy(200, 0.9, caps, block=64)
+    status = np.concatenate([greedy.add(vectors[s:s + 500], cats[s:s + 500])[0]
+                             for s in range(0, len(vectors), 500)])
+    assert (status == expected).all()
+    assert (status == div.SELECTED).sum() == 200
+    assert ((status == div.SELECTED) & (cats == 0)).sum() == 40
+    assert {div.TOO_SIMILAR, div.QUOTA_FULL, div.NOT_REACHED} <= set(status.tolist())
+    chosen = vectors[status == div.SELECTED]
+    sims = chosen @ chosen.T
+    assert sims[~np.eye(len(chosen), dtype=bool)].max() < 0.9
+
+
+def test_kcenter_spreads_over_clusters_and_stops_at_near_copies():
+    vectors = clustered(400, 8, 0.05)
+    cats = np.zeros(len(vectors), dtype=np.int64)
+    status, nearest, sim = div.kcenter(vectors, cats, np.array([-1]), 50, 0.9)
+    assert (status == div.SELECTED).sum() == 8  # one per cluster, then only near-copies remain
+    assert (sim[status == div.TOO_SIMILAR] >= 0.9).all()
+    status, _, _ = div.kcenter(vectors, cats, np.array([3]), 50, 0.9)
+    assert (status == div.SELECTED).sum() == 3 and (status == div.QUOTA_FULL).sum() == 397
+
+
+def test_rules_name_the_first_failure():
+    frame = pl.DataFrame({
+        "instruction": ["Explain X.", "", "Explain Y.", "Explain Z.", "Write code.", "Tell me.",
+                        "List two."],
+        "response": ["X is a well known thing, explained here.", "An answer without a question.",
+                     "As an AI language model, I cannot have opinions about this topic.",
+                     "Ok.", "```python\nprint('hi')\n", "It depends on the weather and",
+                     "First, second."]})
+    got = rule_reasons(frame, Config()).to_dicts()
+    assert [r["drop_reason"] for r in got] == [None, "rule:empty", "rule:refusal", "rule:too_short",
+                                               "rule:unfinished", "rule:unfinished", "rule:too_short"]
+    assert "As an AI" in got[2]["drop_detail"]
+
+
+def fixture_rows() -> list[dict]:
+    rows = []
+    for i, topic in enumerate(TOPICS):
+        category = "code" if i % 3 == 0 else ("science" if i % 3 == 1 else "writing")
+        rows.append({"instruction": f"Write a short explanation of {topic}.",
+                     "output": f"Here is a clear explanation of {topic}, step by step, with an "
+                               f"example that makes the idea concrete.", "category": category})
+    # records the judge or the rules reject, and near-copies of the first two
+    rows[0]["instruction"] += ' [[json:{"reason": "clear and correct", "score": 5}]]'
+    rows[1]["instruction"] += ' [[json:{"reason": "clear and correct", "score": 5}]]'
+    rows[2]["instruction"] += ' [[json:{"reason": "vague", "score": 2}]]'
+    rows[3]["instruction"] += " [[badjson]]"
+    rows[4]["instruction"] += " [[401]]"
+    rows[5]["output"] = "I'm sorry, but I cannot help with that request."
+    rows[6]["output"] = "The answer is that the light scatters because"
+    rows.append({**rows[0], "instruction": "Please " + rows[0]["instruction"].lower()})
+    rows.append({**rows[1], "instruction": rows[1]["instruction"].replace("short", "brief")})
+    return rows
+
+
+def test_lima_stage_with_judge_quotas_and_near_copies(tmp_path, ray_local, quiet_console):
+    rows = fixture_rows()
+    write_jsonl(tmp_path / "data" / "sft.jsonl", rows)
+    stages = """
+[stages.ingest]
+[stages.lima]
+target = 10
+instruction_column = "text"     # the JSONL's instruction became ingest's text; the rest is in meta
+category_column = "category"
+quotas = { writing = 2 }
+min_judge_score = 3
+"""
+    with ScriptedServer() as srv:
+        extra = f'[llm]\nbase_url = "{srv.base_url}"\nmodel = "scripted"\nbackoff_s = 0.01\n'
+        path = make_config(tmp_path, '[[sources]]\nname = "sft"\nkind = "jsonl"\npath = "data"\n'
+                           'text_field = "instruction"\n', stages,
+                           '[datasets.sft]\nfrom = "lima"\n', extra=extra)
+        result = run_pipeline(load_config(path), console=quiet_console)
+        rec = result.records[1]
+        kept = read_folder(result.run_dir / "stages" / "02-lima").to_pylist()
+        rejected = read_folder(result.run_dir / "rejected" / "02-lima").to_pylist()
+        assert rec["rows_in"] == 18 and len(kept) == 10
+        reasons = {r["drop_reason"].split(":")[0] for r in rejected}
+        assert reasons >= {"rule", "below_quality", "llm_invalid_json", "llm_error",
+                           "too_similar_to", "quota_full"}
+        by_reason = rec["rejected_by_reason"]
+        assert by_reason["rule:refusal"] == 1 and by_reason["rule:unfinished"] == 1
+        assert by_reason["llm_error:401"] == 1 and by_reason["llm_invalid_json"] == 1
+        ids = {json.loads(r["meta"])["line"]: r["id"] for r in kept + rejected}
+        kept_ids = {r["id"] for r in kept}
+        similar = {r["id"]: r["drop_reason"] for r in rejected
+                   if r["drop_reason"].startswith("too_similar_to:")}
+        for pair in ((ids[1], ids[17]), (ids[2], ids[18])):  # an original and its near-copy
+            (winner,) = kept_ids & set(pair)
+            (loser,) = set(pair) - {winner}
+            assert similar[loser] == f"too_similar_to:{winner}"
+        assert len(similar) == 2
+        categories = [json.loads(r["meta"])["category"] for r in kept]
+        assert categories.count("writing") == 2  # the quota
+        assert sorted(r["selection_rank"] for r in kept) == list(range(10))
+        assert {r["judge_score"] for r in kept} <= {3, 5} and kept[0]["judge_reason"]
+        info = rec["info"]
+        assert info["funnel"]["selected"] == 10 and info["message"] is None
+        card = (result.datasets["sft"] / "README.md").read_text()
+        assert "## LIMA selection" in card and "| writing | 5 | 2 |" in card
+        plots = result.datasets["sft"] / "plots"
+        assert (plots / "selection_pca.png").is_file() and (plots / "selection_scores.png").is_file()
+        # a rerun asks nothing new; a target out of reach keeps every candidate, with a message
+        before = srv.requests
+        again = run_pipeline(load_config(path, ["stages.lima.target=50"]), console=quiet_console)
+        assert srv.requests - before == 1  # the failed 401 call only
+    rec = again.records[1]
+    assert rec["rows_kept"] == 10 and "fewer than the target 50" in rec["info"]["message"]
