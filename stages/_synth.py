@@ -73,6 +73,25 @@ def provenance(templates: list[prompts.Prompt]) -> dict[str, str]:
             "prompt_hash": "+".join(t.hash for t in templates)}
 
 
+def set_columns(batch: pa.Table, columns: dict[str, pa.Array | list]) -> pa.Table:
+    """The batch with these columns replaced, or appended when new."""
+    for name, values in columns.items():
+        values = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(values)
+        if name in batch.column_names:
+            batch = batch.set_column(batch.column_names.index(name), name, values)
+        else:
+            batch = batch.append_column(name, values)
+    return batch
+
+
+def text_column(batch: pa.Table, name: str, stage: str) -> list[str]:
+    """A string column of a record stage's input, with an error naming what is there."""
+    if name not in batch.column_names:
+        raise ValueError(f"{stage}: the input has no column {name!r}; it has {batch.column_names} "
+                         f"(set the stage's column keys)")
+    return ["" if v is None else str(v) for v in batch.column(name).to_pylist()]
+
+
 def table(rows: list[dict], schema: pa.Schema) -> pa.Table:
     """Rows (dicts; missing keys are null) as a Records table with the bookkeeping columns."""
     full = pa.schema(list(schema) + [pa.field(DROP_REASON, pa.string()),

@@ -57,7 +57,7 @@ def test_temp_folders_are_removed_and_env_is_clean():
 
 
 def test_run_many_keeps_order_and_runs_in_parallel():
-    programs = ["import time\ntime.sleep(0.5)\nprint(%d)" % i for i in range(4)]
+    programs = [f"import time\ntime.sleep(0.5)\nprint({i})" for i in range(4)]
     started = time.perf_counter()
     results = run_many(programs, workers=4)
     assert [r.stdout.strip() for r in results] == ["0", "1", "2", "3"]
