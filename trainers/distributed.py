@@ -10,9 +10,12 @@ storage every node sees (NFS, or a mounted bucket).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from trainers.job import Job, execute
+
+SUMMARY = "summary.json"  # worker 0's summary (Ray Train keeps only metrics with checkpoints)
 
 
 def _worker(settings: dict) -> None:
@@ -28,7 +31,8 @@ def _worker(settings: dict) -> None:
             if world > 1 else model
 
     summary = execute(job, rank, world, device=str(ray.train.torch.get_device()), wrap=wrap)
-    ray.train.report({k: v for k, v in summary.items() if isinstance(v, int | float | str)})
+    if rank == 0:
+        (Path(job.work_dir) / SUMMARY).write_text(json.dumps(summary, default=str))
 
 
 def run_workers(job: Job, workers: int, strategy: str, use_gpu: bool | None) -> dict:
@@ -50,4 +54,4 @@ def run_workers(job: Job, workers: int, strategy: str, use_gpu: bool | None) -> 
     result = trainer.fit()
     if result.error:
         raise result.error
-    return dict(result.metrics or {})
+    return json.loads((Path(job.work_dir) / SUMMARY).read_text())

@@ -6,7 +6,6 @@ needs travels in a picklable ``Job`` (resolved paths, the validated config as a 
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,17 +41,14 @@ def read_rows(files: list[Path]) -> list[dict]:
 def build(job: Job, rt, cfg):
     """The tokenizer, model, data split, objective and facts for the model card."""
     import torch
-    from transformers.utils import logging as hf_logging
 
     from trainers.chat import ChatExamples, PreferencePairs
     from trainers.data import PackedBlocks, Split
-    from trainers.models import add_lora, count_params, load_pretrained, new_phi
+    from trainers.models import add_lora, count_params, load_pretrained, new_phi, quiet_transformers
     from trainers.objectives import DPO, CausalLM
     from trainers.tokenizer import load_tokenizer
 
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
+    quiet_transformers()
     tok = load_tokenizer(job.tokenizer.folder, job.tokenizer.gguf_file)
     facts: dict = {}
     if job.objective == "pretrain":

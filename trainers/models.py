@@ -28,6 +28,17 @@ PHI_DEFAULTS = dict(partial_rotary_factor=0.5, hidden_act="gelu_new", resid_pdro
                     rope_theta=10000.0)
 
 
+def quiet_transformers() -> None:
+    """No progress bars or advice from transformers inside a run's own progress output."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 class ModelError(ValueError):
     """A model or base that cannot be built or loaded (the message says why and what to do)."""
 
@@ -118,7 +129,9 @@ def load_pretrained(base: Base, device, quantize_4bit: bool = False):
         model = AutoModelForCausalLM.from_pretrained(str(base.folder), **kwargs)
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load {base.label}: {exc}") from exc
-    return model.float() if not quantize_4bit else model
+    if not quantize_4bit and model.dtype != torch.float32 and not getattr(model, "is_quantized", False):
+        model = model.float()  # fp32 master weights; autocast gives bf16 math on GPUs
+    return model
 
 
 def add_lora(model, lora):

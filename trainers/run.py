@@ -49,17 +49,24 @@ def dataset_input(cfg, name: str) -> dict:
         folder = cfg.run_dir / "datasets" / name
         if not (folder / "README.md").is_file():
             raise TrainError(f"dataset {name!r} has not been published yet: run `pipeline run` first")
-        files, card_path = io.parquet_parts(folder / "data"), folder / "README.md"
-    else:
-        path = Path(name) if Path(name).is_absolute() else cfg.path.parent / name
-        if not path.exists():
-            raise TrainError(f"dataset {name!r}: not a dataset of this run "
-                             f"({', '.join(cfg.datasets) or 'none'}) nor an existing path")
-        files = [path] if path.is_file() else sorted(path.rglob("*.parquet"))
-        card_path = (path if path.is_dir() else path.parent) / "README.md"
+        return path_dataset(folder / "data", name, folder / "README.md")
+    path = Path(name) if Path(name).is_absolute() else cfg.path.parent / name
+    if not path.exists():
+        raise TrainError(f"dataset {name!r}: not a dataset of this run "
+                         f"({', '.join(cfg.datasets) or 'none'}) nor an existing path")
+    return path_dataset(path, name)
+
+
+def path_dataset(path: Path, name: str | None = None, card_path: Path | None = None) -> dict:
+    """A Parquet file or folder as a training input (its card: a README.md beside it)."""
+    if not path.exists():
+        raise TrainError(f"dataset {path} does not exist")
+    files = [path] if path.is_file() else sorted(path.rglob("*.parquet"))
     if not files:
-        raise TrainError(f"dataset {name!r} has no Parquet files")
-    return {"name": name, "files": files, "card": str(card_path), "card_sha256": _sha(card_path),
+        raise TrainError(f"dataset {name or path} has no Parquet files")
+    card_path = card_path or (path if path.is_dir() else path.parent) / "README.md"
+    return {"name": name or path.name, "files": files, "card": str(card_path),
+            "card_sha256": _sha(card_path),
             "fingerprint": io.fingerprint([[str(f), f.stat().st_size] for f in files])}
 
 
