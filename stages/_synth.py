@@ -6,12 +6,14 @@ import hashlib
 import random
 import re
 from pathlib import Path
+from typing import Literal
 
 import polars as pl
 import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline import prompts
-from pipeline.llm import Result
+from pipeline.llm import Request, Result
 from pipeline.stage import DROP_DETAIL, DROP_REASON, GlobalContext
 
 
@@ -125,6 +127,69 @@ def subjects(ctx: GlobalContext, topics: list[str], from_input: bool, text_colum
     else:
         items = [{"seed_doc": None, "extract": None, "topic": t} for t in topics]
     return [items[i % len(items)] for i in range(count)] if items else []
+
+
+class GenerationConfig(BaseModel):
+    """Keys shared by stages that write new documents about topics or seed documents."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    count: int = Field(default=100, ge=1)
+    from_input: bool = True  # subjects from input documents; false: from ``topics``
+    topics: list[str] = Field(default_factory=list)
+    text_column: str = "text"
+    extract_chars: int = Field(default=1000, ge=50)  # of a seed document shown in the prompt
+    temperature: float = Field(default=0.8, ge=0.0, le=2.0)
+    max_tokens: int = Field(default=1024, ge=16)
+    truncated: Literal["reject", "trim"] = "reject"
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _needs_topics(self):
+        if not self.from_input and not self.topics:
+            raise ValueError("from_input = false needs topics = [...]")
+        return self
+
+
+SUBJECT_PROMPTS = ("subject_topic", "subject_extract")
+
+
+def plan(ctx: GlobalContext, config: GenerationConfig, *axes: list[str]) -> list[dict]:
+    """One dict per item to generate: its subject (``topic`` or ``seed_doc`` and the rendered
+    ``subject``), one value per axis (``axis0``, ``axis1`` ...), its request ``seed`` and the
+    subject template used."""
+    topic_t, extract_t = load_prompts(*SUBJECT_PROMPTS)
+    items = subjects(ctx, config.topics, config.from_input, config.text_column, config.count,
+                     config.seed, config.extract_chars)
+    out = []
+    for i, (item, combo) in enumerate(zip(items, combos(len(items), config.seed, *axes))):
+        template = extract_t if item["extract"] is not None else topic_t
+        text = template.render(extract=item["extract"]) if item["extract"] is not None \
+            else template.render(topic=item["topic"])
+        out.append({"index": i, "topic": item["topic"], "seed_doc": item["seed_doc"],
+                    "subject": text.strip(), "subject_template": template,
+                    "seed": derive_seed(config.seed, i),
+                    **{f"axis{k}": v for k, v in enumerate(combo)}})
+    return out
+
+
+def generate(ctx: GlobalContext, config: GenerationConfig, template: prompts.Prompt,
+             items: list[dict], **fields) -> list[tuple[str | None, str | None, str | None]]:
+    """Render ``template`` per item (``fields`` are callables of the item) and ask the teacher;
+    ``(text, reason, detail)`` per item."""
+    requests = [Request([{"role": "user", "content": template.render(
+        subject=item["subject"], **{k: fn(item) for k, fn in fields.items()})}],
+        temperature=config.temperature, max_tokens=config.max_tokens, seed=item["seed"])
+        for item in items]
+    results = ctx.llm.chat(requests) if requests else []
+    return [completion(r, config.truncated) for r in results]
+
+
+def item_row(item: dict, template: prompts.Prompt, config: GenerationConfig, model: str) -> dict:
+    """The provenance columns of a generated item's row."""
+    return {"topic": item["topic"], "seed_doc": item["seed_doc"], "model": model,
+            "temperature": config.temperature, "seed": item["seed"],
+            **provenance([template, item["subject_template"]])}
 
 
 def combos(count: int, seed: int, *axes: list[str]) -> list[tuple[str, ...]]:
