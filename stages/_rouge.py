@@ -23,7 +23,9 @@ from rapidfuzz.distance import LCSseq
 
 TOKEN = re.compile(r"[a-z0-9]+")
 SURROGATES = range(0xD800, 0xE000)
-POOL_BLOCK = 100_000  # pool rows per cdist call: bounds the score matrix's memory
+POOL_BLOCK = 100_000  # pool rows per block
+LCS_CELLS = 16_000_000  # candidates x pool rows per cdist call (64 MB of int32)
+F_CELLS = 500_000  # cells per F-measure pass (a few MB of float64 temporaries)
 
 
 def tokenize(text: str) -> list[str]:
@@ -32,14 +34,14 @@ def tokenize(text: str) -> list[str]:
 
 
 def f_measure(lcs: np.ndarray, target_len: np.ndarray, prediction_len: np.ndarray) -> np.ndarray:
-    """ROUGE-L F from LCS lengths, with rouge_score's exact operations (0 for empty sides)."""
+    """ROUGE-L F from LCS lengths, with rouge_score's exact operations (0 where LCS is 0,
+    which covers empty sides)."""
     lcs = lcs.astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         precision = lcs / prediction_len
         recall = lcs / target_len
         f = 2 * precision * recall / (precision + recall)
-    empty = (target_len == 0) | (prediction_len == 0) | ~(precision + recall > 0)
-    return np.where(empty, 0.0, f)
+    return np.where(lcs > 0, f, 0.0)
 
 
 @dataclass
@@ -104,30 +106,39 @@ class RougePool:
         best = np.full(len(codes), -1.0)
         arg = np.full(len(codes), -1, np.int64)
         total = np.zeros(len(codes))
+        lengths = np.array(self.lengths)
         for start in range(0, len(self.codes), POOL_BLOCK):
             block = self.codes[start:start + POOL_BLOCK]
-            f = f_measure(self._lcs(codes, block), lens[:, None],
-                          np.array(self.lengths[start:start + POOL_BLOCK])[None, :])
-            total += f.sum(axis=1)
-            local = f.argmax(axis=1)
-            value = f[np.arange(len(codes)), local]
-            better = value > best
-            best[better], arg[better] = value[better], local[better] + start
+            rows = max(1, LCS_CELLS // len(block))  # candidates per cdist call
+            for top in range(0, len(codes), rows):
+                lcs = self._lcs(codes[top:top + rows], block)
+                step = max(1, F_CELLS // len(block))  # rows per F pass, to stay in cache
+                for r in range(0, lcs.shape[0], step):
+                    i = slice(top + r, top + min(r + step, lcs.shape[0]))
+                    f = f_measure(lcs[r:r + step], lens[i, None],
+                                  lengths[None, start:start + len(block)])
+                    total[i] += f.sum(axis=1)
+                    local = f.argmax(axis=1)
+                    value = f[np.arange(f.shape[0]), local]
+                    better = value > best[i]
+                    best[i] = np.where(better, value, best[i])
+                    arg[i] = np.where(better, local + start, arg[i])
         within = f_measure(self._lcs(codes, codes), lens[:, None], lens[None, :])
-        verdicts, kept = [], []
+        verdicts, kept, slots = [], [], []  # kept candidates and their pool indices
         base = len(self.codes)
         for i, (text, code) in enumerate(zip(candidates, codes)):
-            top, where, summed, count = best[i], int(arg[i]), total[i], base
-            for j, pool_index in kept:
-                count += 1
-                summed += within[i, j]
-                if within[i, j] > top:
-                    top, where = within[i, j], pool_index
+            top, where, mean = best[i], int(arg[i]), total[i] / base if base else 0.0
+            if kept:
+                row = within[i, kept]
+                j = int(row.argmax())
+                if row[j] > top:
+                    top, where = row[j], slots[j]
+                mean = (total[i] + row.sum()) / (base + len(kept))
             keep = bool(top <= threshold)
-            mean = summed / count if count else 0.0
             verdicts.append(Verdict(keep, max(float(top), 0.0), where, float(mean)))
             if keep:
-                kept.append((i, len(self.codes)))
+                kept.append(i)
+                slots.append(len(self.codes))
                 self.texts.append(text)
                 self.codes.append(code)
                 self.lengths.append(len(code))

@@ -20,6 +20,7 @@ or ``reply(body) -> str | (str, finish_reason)``, so tests can script multi-step
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
 import time
@@ -163,7 +164,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--latency", type=float, default=0.0)
     parser.add_argument("--port-file", required=True, help="write the chosen port here")
-    parser.add_argument("--routes", help="module:NAME of a routes list, e.g. bench.synthetic:ROUTES")
+    parser.add_argument("--routes", default=os.environ.get("SCRIPTED_ROUTES"),
+                        help="module:NAME of a routes list, e.g. bench.synthetic:ROUTES "
+                             "(default: $SCRIPTED_ROUTES)")
     args = parser.parse_args()
     routes = None
     if args.routes:
