@@ -12,8 +12,11 @@ The evaluation n-grams (``evalsets``: the built-in ``humaneval``, prompts and ca
 solutions, and any JSONL/Parquet set with named fields, see ``pipeline/evalsets.py``) are hashed
 once, on the driver, into an open-addressing table that travels to every worker through Ray's
 object store with the batch function; workers hash each record's n-grams in one compiled pass
-over the Arrow buffer and look them up. An n-gram found in ``common_items`` or more different
-evaluation items is boilerplate (``from typing import List`` headers, license lines) and ignored.
+over the Arrow buffer and look them up. Two kinds of n-grams are no evidence and are ignored:
+those found in ``common_items`` or more different evaluation items (license lines, shared
+headers), and those whose words average under ``min_mean_word_length`` characters (3, Gopher's
+lower bound on mean word length, Rae et al. 2021): runs of digits, hex tables and one-letter
+loop idioms such as ``for i in range(len(l)): for j in range(i + 1, len(l))``.
 
 Drop reason: ``contaminated:<eval set name>``; ``drop_detail`` names the evaluation item and
 quotes the matching words of the record; rejected rows carry ``eval_item``.
@@ -50,6 +53,7 @@ class Config(BaseModel):
     evalsets: list[EvalSpec] = Field(default_factory=lambda: [EvalSpec(name="humaneval")],
                                      min_length=1)
     common_items: int = Field(default=5, ge=2)  # n-grams in this many eval items are ignored
+    min_mean_word_length: float = Field(default=3.0, ge=0.0)  # shorter n-grams are no evidence
     detail_chars: int = Field(default=300, ge=40)
 
 
@@ -57,10 +61,12 @@ class Config(BaseModel):
 
 
 @numba.njit(cache=True)
-def _grams(data, start, end, n, out, spans, window, first):
+def _grams(data, start, end, n, min_mean, out, spans, window, pos):
     """Rolling hashes of the word ``n``-grams of ``data[start:end]`` into ``out`` (never 0) and
-    the byte span of each into ``spans``; returns how many. ``window``, ``first``: n scratch."""
-    count, k, m, h = 0, start, 0, _U(0)
+    the byte span of each into ``spans``; returns how many. N-grams whose words average under
+    ``min_mean`` characters are skipped. ``window`` (n) and ``pos`` (n x 2: word start, length)
+    are scratch."""
+    count, k, m, h, chars = 0, start, 0, _U(0), 0
     power = _U(1)
     for _ in range(n):
         power *= _U(COMBINE)
@@ -80,18 +86,22 @@ def _grams(data, start, end, n, out, spans, window, first):
             k += 1
         t = _fmix64(t)
         slot = count % n
-        h = h * _U(COMBINE) + t - (window[slot] * power if count >= n else _U(0))
-        window[slot], first[slot] = t, s
+        h = h * _U(COMBINE) + t
+        if count >= n:  # the word leaving the window
+            h -= window[slot] * power
+            chars -= pos[slot, 1]
+        window[slot], pos[slot, 0], pos[slot, 1] = t, s, k - s
+        chars += k - s
         count += 1
-        if count >= n:
+        if count >= n and chars >= min_mean * n:
             key = _fmix64(h)
             out[m] = key if key != 0 else _U(1)
-            spans[m, 0], spans[m, 1] = first[count % n], k
+            spans[m, 0], spans[m, 1] = pos[count % n, 0], k
             m += 1
-    if 0 < count < n:
+    if 0 < count < n and chars >= min_mean * count:
         key = _fmix64(h)
         out[0] = key if key != 0 else _U(1)
-        spans[0, 0], spans[0, 1] = first[0], k
+        spans[0, 0], spans[0, 1] = pos[0, 0], k
         m = 1
     return m
 
@@ -102,11 +112,11 @@ def _scratch(offsets, n):
     for d in range(len(offsets) - 1):
         longest = max(longest, (offsets[d + 1] - offsets[d] + 1) // 2 + 1)
     return (np.empty(longest, dtype=np.uint64), np.empty((longest, 2), dtype=np.int64),
-            np.zeros(n, dtype=np.uint64), np.zeros(n, dtype=np.int64))
+            np.zeros(n, dtype=np.uint64), np.zeros((n, 2), dtype=np.int64))
 
 
 @numba.njit(cache=True)
-def gram_hashes(data, offsets, n):
+def gram_hashes(data, offsets, n, min_mean):
     """Every document's n-gram hashes: (values, per-document offsets)."""
     ndocs = len(offsets) - 1
     total = 0
@@ -114,9 +124,9 @@ def gram_hashes(data, offsets, n):
         total += (offsets[d + 1] - offsets[d] + 1) // 2 + 1
     values = np.empty(total, dtype=np.uint64)
     out_offsets = np.zeros(ndocs + 1, dtype=np.int64)
-    grams, spans, window, first = _scratch(offsets, n)
+    grams, spans, window, pos = _scratch(offsets, n)
     for d in range(ndocs):
-        m = _grams(data, offsets[d], offsets[d + 1], n, grams, spans, window, first)
+        m = _grams(data, offsets[d], offsets[d + 1], n, min_mean, grams, spans, window, pos)
         values[out_offsets[d]:out_offsets[d] + m] = grams[:m]
         out_offsets[d + 1] = out_offsets[d] + m
     return values[:out_offsets[-1]].copy(), out_offsets
@@ -143,15 +153,15 @@ def fill_table(values, owners, size):
 
 
 @numba.njit(cache=True)
-def first_hits(data, offsets, n, keys, table_owner):
+def first_hits(data, offsets, n, min_mean, keys, table_owner):
     """Per document: the owner of its first n-gram found in the table (-1: none) and the byte
     span of that n-gram."""
     ndocs = len(offsets) - 1
     owner = np.full(ndocs, -1, dtype=np.int32)
     span = np.zeros((ndocs, 2), dtype=np.int64)
-    grams, spans, window, first = _scratch(offsets, n)
+    grams, spans, window, pos = _scratch(offsets, n)
     for d in range(ndocs):
-        m = _grams(data, offsets[d], offsets[d + 1], n, grams, spans, window, first)
+        m = _grams(data, offsets[d], offsets[d + 1], n, min_mean, grams, spans, window, pos)
         for i in range(m):
             j = _slot(keys, grams[i])
             if keys[j] != 0:
@@ -184,11 +194,12 @@ class EvalIndex:
     stats: dict
 
 
-def build_index(sets: list[evalsets.EvalSet], ngram: int, common_items: int) -> EvalIndex:
+def build_index(sets: list[evalsets.EvalSet], ngram: int, common_items: int,
+                min_mean: float = 3.0) -> EvalIndex:
     items = [(s.name, i) for s in sets for i in s.ids]
     texts = pa.array([t for s in sets for t in s.texts], pa.string())
     data, offsets = arrow_buffers(prepare(texts))
-    values, doc_offsets = gram_hashes(data, offsets, ngram)
+    values, doc_offsets = gram_hashes(data, offsets, ngram, min_mean)
     item = np.repeat(np.arange(len(items), dtype=np.int32), np.diff(doc_offsets))
     order = np.lexsort((item, values))
     values, item = values[order], item[order]
@@ -219,7 +230,8 @@ def find_batch(batch: pa.Table, index: EvalIndex, config: Config) -> pa.Table:
     """The contaminated rows of a batch: id, reason, detail, evaluation item."""
     text = prepare(evalsets.field_text(batch, config.fields))
     data, offsets = arrow_buffers(text)
-    owner, span = first_hits(data, offsets, config.ngram, index.keys, index.owners)
+    owner, span = first_hits(data, offsets, config.ngram, config.min_mean_word_length, index.keys,
+                             index.owners)
     rows = np.flatnonzero(owner >= 0)
     reasons, details, items = [], [], []
     for r in rows.tolist():
@@ -244,7 +256,7 @@ def run(ctx: GlobalContext, config: Config) -> Decisions:
     if len(set(names)) != len(names):
         raise ValueError(f"evalsets: each name once, got {names}")
     index = build_index([evalsets.load(spec) for spec in config.evalsets], config.ngram,
-                        config.common_items)
+                        config.common_items, config.min_mean_word_length)
     available = pq.read_schema(ctx.input_files[0]).names if ctx.input_files else ["id"]
     columns = evalsets.columns_for(config.fields, available)
     hits = ctx.map(find_batch, columns=["id"] + columns, index=index, config=config)
@@ -261,6 +273,7 @@ def run(ctx: GlobalContext, config: Config) -> Decisions:
         report[name] = {**stats, "records": len(mine), "items_hit": len(set(mine)),
                         "top_items": Counter(mine).most_common(10), "example": example}
     info = {"ngram": config.ngram, "fields": config.fields, "common_items": config.common_items,
+            "min_mean_word_length": config.min_mean_word_length,
             "evalsets": report}
     return Decisions(table=hits, info=info, rejected_only=("eval_item",))
 
@@ -270,8 +283,8 @@ def card_section(record: dict, plot_dir: Path) -> str:
     lines = [f"## Decontamination (`{record['folder']}`)", "",
              f"Records sharing a word {info.get('ngram')}-gram (fields {info.get('fields')}, "
              f"lowercased, punctuation ignored) with an evaluation set were dropped; n-grams "
-             f"found in {info.get('common_items')} or more evaluation items were ignored as "
-             "boilerplate.", "",
+             f"found in {info.get('common_items')} or more evaluation items, or whose words "
+             f"average under {info.get('min_mean_word_length')} characters, were ignored.", "",
              "| eval set | items | n-grams | ignored as common | records dropped | items hit |",
              "|---|---:|---:|---:|---:|---:|"]
     sets = info.get("evalsets", {})

@@ -30,9 +30,9 @@ if __name__ == "__main__":
 '''
 
 
-def hashes(text: str, n: int) -> list[int]:
+def hashes(text: str, n: int, min_mean: float = 0.0) -> list[int]:
     data, offsets = dc.arrow_buffers(dc.prepare(pa.array([text])))
-    return dc.gram_hashes(data, offsets, n)[0].tolist()
+    return dc.gram_hashes(data, offsets, n, min_mean)[0].tolist()
 
 
 def test_rolling_hash_equals_each_window_hashed_alone():
@@ -44,6 +44,8 @@ def test_rolling_hash_equals_each_window_hashed_alone():
     assert got == [hashes(" ".join(tokens[i:i + 4]), 4)[0] for i in range(len(got))]
     assert hashes("Ünïcode—Text «quoted» ok", 3) == hashes("ünïcode text quoted ok", 3)
     assert len(hashes("two words", 13)) == 1 and hashes("", 13) == []
+    assert len(hashes("0 1 2 3 4 5 6 7 8 9 a b c d e", 13, 3.0)) == 0  # no evidence
+    assert len(hashes("zero one two three four five six seven eight nine ten", 3, 3.0)) == 9
 
 
 def test_humaneval_problems_load_from_the_installed_package():
@@ -59,11 +61,13 @@ def test_planted_problem_caught_idioms_ignored():
     index = dc.build_index([evalsets.load(EvalSpec(name="humaneval"))], 13, 5)
     planted = ("Notes from a study group.\n\n" + problems[12]["prompt"].replace("    ", "\t")
                + problems[12]["canonical_solution"] + "\nWe then discussed other topics at length.")
-    batch = pa.table({"id": ["planted", "idioms", "solution", "one_liner"],
-                      "text": [planted, IDIOMS, problems[40]["canonical_solution"],
-                               "def size(s):\n" + problems[23]["canonical_solution"]]})
+    batch = pa.table({"id": ["planted", "idioms", "solution", "one_liner", "loops"],
+                      "text": [planted, IDIOMS, problems[0]["canonical_solution"],
+                               "def size(s):\n" + problems[23]["canonical_solution"],
+                               problems[40]["canonical_solution"]]})
     hits = dc.find_batch(batch, index, dc.Config()).to_pylist()
-    assert [h["id"] for h in hits] == ["planted", "solution"]  # a one-line body is no evidence
+    # a one-line body, and nested `for i in range(len(l))` loops of one-letter names, are no evidence
+    assert [h["id"] for h in hits] == ["planted", "solution"]
     assert hits[0]["drop_reason"] == "contaminated:humaneval"
     assert hits[0]["eval_item"] == "HumanEval/12"
     assert hits[0]["drop_detail"].startswith("HumanEval/12: 'from typing import List")
