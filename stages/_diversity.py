@@ -59,7 +59,7 @@ def embed(texts: list[str], max_tokens: int = 256, batch_size: int = 64) -> np.n
     return np.ascontiguousarray(vectors, dtype=np.float32)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath=True)
 def _resolve(block, prior_sim, prior_arg, cats, caps, counts, threshold, room, base):
     """Decide a block in order. ``prior_*``: best similarity to (and index of) the examples
     selected before it; examples selected inside the block are checked here. Returns status,
@@ -101,7 +101,7 @@ class Greedy:
     """Deita's filter over candidates given best first, chunk after chunk."""
 
     def __init__(self, target: int, threshold: float, caps: np.ndarray, dim: int = 384,
-                 block: int = 512):
+                 block: int = 2048):
         self.target, self.threshold, self.block = target, np.float32(threshold), block
         self.caps = caps.astype(np.int64)
         self.counts = np.zeros(len(caps), dtype=np.int64)

@@ -133,7 +133,8 @@ def _from_chat(conversations: list) -> tuple[pl.Series, pl.Series]:
         messages = messages or []
         last = max((i for i, m in enumerate(messages) if (m or {}).get("role") == "assistant"),
                    default=-1)
-        ins.append("\n\n".join((m.get("content") or "") for m in messages[:max(last, 0)]
+        ins.append("\n\n".join((m.get("content") or "") for m in
+                               (messages[:last] if last >= 0 else messages)
                                if m.get("role") != "system"))
         out.append((messages[last].get("content") or "") if last >= 0 else "")
     return pl.Series(ins, dtype=pl.String), pl.Series(out, dtype=pl.String)

@@ -8,11 +8,12 @@ import socket
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
 from pipeline.config import load_config
 from pipeline.run import run_pipeline
 from stages import _diversity as div
-from stages.lima import Config, rule_reasons
+from stages.lima import Config, read_pairs, rule_reasons
 from tests.conftest import make_config, read_folder, write_jsonl
 from tests.llm_server import ScriptedServer
 
@@ -178,9 +179,26 @@ min_judge_score = 3
         assert "## LIMA selection" in card and "| writing | 5 | 2 |" in card
         plots = result.datasets["sft"] / "plots"
         assert (plots / "selection_pca.png").is_file() and (plots / "selection_scores.png").is_file()
-        # a rerun asks nothing new; a target out of reach keeps every candidate, with a message
+        # a rerun asks nothing new; a target out of reach keeps every candidate, with a message;
+        # embedding in Ray tasks (parallel_min = 1) gives the same vectors, so the same selection
         before = srv.requests
-        again = run_pipeline(load_config(path, ["stages.lima.target=50"]), console=quiet_console)
+        again = run_pipeline(load_config(path, ["stages.lima.target=50", "stages.lima.parallel_min=1"]),
+                             console=quiet_console)
         assert srv.requests - before == 1  # the failed 401 call only
     rec = again.records[1]
     assert rec["rows_kept"] == 10 and "fewer than the target 50" in rec["info"]["message"]
+    assert {r["id"] for r in read_folder(again.run_dir / "stages" / "02-lima").to_pylist()} == kept_ids
+
+
+def test_chat_messages_and_input_columns():
+    table = pa.table({
+        "id": ["a", "b"],
+        "messages": [[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?"},
+                      {"role": "assistant", "content": "Hello."}],
+                     [{"role": "user", "content": "Only a question"}]]})
+    frame = read_pairs(table, Config())
+    assert frame["instruction"].to_list() == ["Hi?", "Only a question"]
+    assert frame["response"].to_list() == ["Hello.", ""]
+    table = pa.table({"id": ["a", "b"], "instruction": ["Sum these.", "Say hi."],
+                      "input": ["1, 2", None], "output": ["3", "Hi"]})
+    assert read_pairs(table, Config())["instruction"].to_list() == ["Sum these.\n\n1, 2", "Say hi."]
