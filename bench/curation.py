@@ -184,7 +184,7 @@ def embedding_rate(n: int = 256) -> dict:
     return out
 
 
-def main() -> None:
+def measure() -> dict:
     results: dict = {}
     decon = decontamination()
     results["decontam_records_per_s_per_core"] = decon["humaneval"]["records_per_s_per_core"]
@@ -208,9 +208,13 @@ def main() -> None:
         "embedding": embedding_rate(),
         "decontamination": decon,
     })
-    out = ROOT / "bench" / "results" / "curation.json"
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results, indent=2))
+    return results
+
+
+def main() -> None:
+    text = json.dumps(measure(), indent=2)
+    (ROOT / "bench" / "results" / "curation.json").write_text(text + "\n")
+    print(text)
 
 
 if __name__ == "__main__":
