@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 import tempfile
+import threading
 from importlib import resources
 from pathlib import Path
 
@@ -186,15 +188,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate(signum, frame) -> None:
+    raise KeyboardInterrupt  # SIGTERM unwinds like Ctrl-C: the teacher and Ray are stopped
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if threading.current_thread() is not threading.main_thread():
+        return _main(args)
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return _main(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(args: argparse.Namespace) -> int:
     console = Console(stderr=args.command != "inspect" and args.command != "status")
     from pipeline.config import ConfigError
     from pipeline.io import SourceError
     from pipeline.ledger import LedgerError
     from pipeline.run import RunError
     from pipeline.serve import TeacherError
-    from trainers.run import TrainError
+    from trainers.errors import TrainError
 
     try:
         return args.func(args, console)

@@ -26,9 +26,30 @@ def unwrap(model):
         model = inner
 
 
-def trainable_state(model) -> dict[str, torch.Tensor]:
-    return {name: p.detach().cpu().clone() for name, p in unwrap(model).named_parameters()
-            if p.requires_grad}
+def _options(**kwargs):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, cpu_offload=True, **kwargs)
+
+
+def trainable_names(model) -> set[str]:
+    return {name for name, p in unwrap(model).named_parameters() if p.requires_grad}
+
+
+def full_state(model, optimizer=None) -> tuple[dict, dict | None]:
+    """Whole (unsharded) CPU state of the trainable weights, and of the optimizer if given.
+
+    Works for plain, DDP, FSDP and compiled models; under FSDP every worker must call it (it
+    gathers shards) and worker 0 receives the tensors.
+    """
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
+
+    if optimizer is None:
+        weights, optim = get_model_state_dict(model, options=_options()), None
+    else:
+        weights, optim = get_state_dict(model, optimizer, options=_options())
+    names = trainable_names(model)
+    return {k: v for k, v in weights.items() if k in names}, optim
 
 
 def rng_state() -> dict:
@@ -47,13 +68,16 @@ def set_rng_state(state: dict) -> None:
 
 
 def save(folder: Path, key: str, step: int, cursor: int, tokens: int, model, optimizer, scheduler,
-         keep: int) -> Path:
+         keep: int, rank: int = 0) -> Path | None:
+    """Every worker calls it (FSDP gathers shards); worker 0 writes the file."""
+    weights, optim = full_state(model, optimizer)
+    if rank != 0:
+        return None
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"step-{step:06d}.pt"
     tmp = path.with_suffix(".tmp")
-    torch.save({"key": key, "step": step, "cursor": cursor, "tokens": tokens,
-                "weights": trainable_state(model), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "rng": rng_state()}, tmp)
+    torch.save({"key": key, "step": step, "cursor": cursor, "tokens": tokens, "weights": weights,
+                "optimizer": optim, "scheduler": scheduler.state_dict(), "rng": rng_state()}, tmp)
     tmp.rename(path)
     for old in sorted(folder.glob("step-*.pt"))[:-keep]:
         old.unlink()
@@ -75,13 +99,13 @@ def latest(folder: Path, key: str) -> dict | None:
 
 
 def restore(state: dict, model, optimizer, scheduler) -> None:
-    params = dict(unwrap(model).named_parameters())
-    missing = [name for name in state["weights"] if name not in params]
-    if missing:
-        raise ValueError(f"checkpoint weights not in the model: {missing[:3]}")
-    with torch.no_grad():
-        for name, value in state["weights"].items():
-            params[name].copy_(value.to(params[name].device))
-    optimizer.load_state_dict(state["optimizer"])
+    """Load a checkpoint into a (possibly wrapped or sharded) model and its optimizer."""
+    from torch.distributed.checkpoint.state_dict import set_state_dict
+
+    unknown = set(state["weights"]) - trainable_names(model)
+    if unknown:
+        raise ValueError(f"checkpoint weights not trainable in this model: {sorted(unknown)[:3]}")
+    set_state_dict(model, optimizer, model_state_dict=state["weights"],
+                   optim_state_dict=state["optimizer"], options=_options(strict=False))
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])

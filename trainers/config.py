@@ -88,6 +88,8 @@ class ChatColumns(Strict):
 
 
 class SFTConfig(LoopConfig):
+    """Finetuning of a pretrained base on chat examples (full, LoRA or QLoRA)."""
+
     dataset: str | list[str]
     base: str  # a [train.*] model, a local HF folder, a .gguf file, or "smollm2"
     tokenizer: str | None = None  # default: the base model's
@@ -96,6 +98,13 @@ class SFTConfig(LoopConfig):
     lr: float = Field(default=2e-4, gt=0)
     warmup_steps: int = Field(default=5, ge=0)
     save_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+
+    @model_validator(mode="after")
+    def _lora_strategy(self) -> SFTConfig:
+        if self.lora and self.strategy == "fsdp" and self.workers > 1:
+            raise ValueError("LoRA trains few weights: use strategy = \"ddp\" (FSDP is for full "
+                             "training of large presets)")
+        return self
 
 
 class DPOConfig(SFTConfig):

@@ -85,6 +85,7 @@ def execute(job: Job, rank: int = 0, world: int = 1, device: str | None = None,
             wrap: Callable | None = None, progress: Callable | None = None,
             on_step: Callable | None = None) -> dict:
     """Build the job, train it (resuming), and on rank 0 save the model to ``job.out_dir``."""
+    from trainers.checkpoint import full_state
     from trainers.loop import runtime, train
 
     cfg = CONFIGS[job.objective].model_validate(job.config)
@@ -95,14 +96,19 @@ def execute(job: Job, rank: int = 0, world: int = 1, device: str | None = None,
         model = wrap(model)
     summary = train(model, objective, data, cfg, job.work_dir, rt, job.key, rank, world,
                     progress, on_step)
+    sharded = world > 1 and cfg.strategy == "fsdp"
+    weights = full_state(model)[0] if sharded else None  # every worker gathers its shards
     if rank == 0:
-        save_model(model, tok, job.out_dir, cfg)
+        save_model(model, tok, job.out_dir, cfg, weights)
     return {**summary, **facts, "device": str(rt.device), "bf16": rt.bf16,
             "compiled": rt.compile, "workers": world}
 
 
-def save_model(model, tok, out_dir: Path, cfg) -> None:
-    """A ``save_pretrained`` folder: safetensors, config, generation config, tokenizer."""
+def save_model(model, tok, out_dir: Path, cfg, weights: dict | None = None) -> None:
+    """A ``save_pretrained`` folder: safetensors, config, generation config, tokenizer.
+
+    ``weights``: the gathered full state of a sharded (FSDP) model, loaded into it first.
+    """
     import torch
 
     from trainers.checkpoint import unwrap
@@ -120,5 +126,8 @@ def save_model(model, tok, out_dir: Path, cfg) -> None:
     gen = model.generation_config
     gen.eos_token_id, gen.pad_token_id = stops if len(stops) > 1 else stops[0], tok.pad_token_id
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir, safe_serialization=True)
+    if weights is not None:  # FSDP: the module holds flat shards; save the gathered tensors
+        model.save_pretrained(out_dir, state_dict=weights, safe_serialization=True)
+    else:
+        model.save_pretrained(out_dir, safe_serialization=True)
     tok.save_pretrained(out_dir)

@@ -23,6 +23,7 @@ import torch
 
 from trainers import checkpoint
 from trainers.config import LoopConfig
+from trainers.errors import TrainingError
 from trainers.models import flops_per_token
 
 log = logging.getLogger("pipeline")
@@ -30,10 +31,6 @@ log = logging.getLogger("pipeline")
 # dense bf16 peak FLOP/s by device name (for MFU); other devices report no MFU
 PEAK_BF16 = {"H200": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12,
              "A10G": 125e12, "L4": 121e12, "RTX 4090": 165e12, "RTX 3090": 71e12}
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (diverged, no usable batch); the message says what to change."""
 
 
 @dataclass
@@ -220,11 +217,11 @@ def train(model, objective, data, cfg: LoopConfig, out_dir: Path, rt: Runtime, k
                 metrics.write(last)
             if progress:
                 progress(step, last)
-            if rank == 0 and (step % cfg.save_every == 0 or step == cfg.max_steps):
+            if step % cfg.save_every == 0 and step < cfg.max_steps:
                 checkpoint.save(ckpt_dir, key, step, cursor, tokens, model, opt, sched,
-                                cfg.keep_checkpoints)
-            if world > 1 and step % cfg.save_every == 0:
-                torch.distributed.barrier()
+                                cfg.keep_checkpoints, rank)
+                if world > 1:
+                    torch.distributed.barrier()
             if log_now:
                 window_tokens, window_start = 0, time.time()
             else:

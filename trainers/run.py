@@ -28,15 +28,12 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from pipeline import io
 from trainers import card
 from trainers.config import TrainEntry
+from trainers.errors import TrainError, TrainingError
 from trainers.models import Base, ModelError, resolve_base
 
 log = logging.getLogger("pipeline")
 SUCCESS = "_SUCCESS.json"
 VERSION = "1"
-
-
-class TrainError(RuntimeError):
-    """A training that cannot start or finish; the message says which and why."""
 
 
 def _sha(path: Path) -> str:
@@ -102,7 +99,7 @@ def train_all(cfg, names: list[str] | None = None, console: Console | None = Non
             continue
         try:
             out[entry.name] = train_one(cfg, entry, console)
-        except (ModelError, ValueError) as exc:
+        except (ModelError, TrainingError, ValueError) as exc:
             raise TrainError(f"train.{entry.name}: {exc}") from exc
     return out
 

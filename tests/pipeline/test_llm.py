@@ -165,3 +165,28 @@ def test_embedded_teacher_answers_through_the_same_client(tmp_path):
 
         result = asyncio.run(main())
     assert result.ok and len(result.text.strip()) > 0 and result.completion_tokens > 0
+
+
+@pytest.mark.teacher
+@pytest.mark.timeout(180)
+def test_teacher_does_not_outlive_a_killed_pipeline(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "serve", "--log",
+                             str(tmp_path / "t.log")], stderr=subprocess.PIPE, text=True)
+    try:
+        while "embedded teacher at" not in (line := proc.stderr.readline()):
+            assert line, "pipeline serve ended before the teacher was up"
+        servers = [c for c in psutil.Process(proc.pid).children(recursive=True)
+                   if "llama_cpp.server" in " ".join(c.cmdline())]
+        assert len(servers) == 1
+        proc.send_signal(signal.SIGKILL)  # no cleanup code runs in the parent
+        gone, alive = psutil.wait_procs(servers, timeout=30)
+        assert not alive
+    finally:
+        proc.kill()
+        proc.wait()

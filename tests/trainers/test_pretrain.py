@@ -106,7 +106,7 @@ def test_checkpoint_of_another_config_is_not_resumed(tmp_path, tokenizer_dir, sh
     from trainers import checkpoint
     from trainers.job import execute
 
-    job = pretrain_job(tmp_path, tokenizer_dir, shards, max_steps=4)
+    job = pretrain_job(tmp_path, tokenizer_dir, shards, max_steps=4, save_every=2)
     execute(job)
     assert checkpoint.latest(job.work_dir / "checkpoints", "k") is not None
     assert checkpoint.latest(job.work_dir / "checkpoints", "other") is None
