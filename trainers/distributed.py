@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from trainers.errors import TrainError
 from trainers.job import Job, execute
 
 SUMMARY = "summary.json"  # worker 0's summary (Ray Train keeps only metrics with checkpoints)
@@ -43,6 +44,9 @@ def run_workers(job: Job, workers: int, strategy: str, use_gpu: bool | None) -> 
 
     if use_gpu is None:
         use_gpu = ray.cluster_resources().get("GPU", 0) >= workers
+    if strategy == "fsdp" and not use_gpu:
+        raise TrainError("strategy = \"fsdp\" needs GPU workers (Ray Train shards over NCCL); "
+                         "on CPUs use strategy = \"ddp\"")
     storage = Path(job.work_dir) / "ray-train"
     storage.mkdir(parents=True, exist_ok=True)
     trainer = TorchTrainer(

@@ -180,3 +180,12 @@ def test_two_ray_train_workers_match_one_worker(tmp_path, tokenizer_dir, shards,
     assert summary["workers"] == 2 and summary["step"] == 4
     a, b = load_file(one.out_dir / "model.safetensors"), load_file(two.out_dir / "model.safetensors")
     assert all(torch.allclose(a[k], b[k], atol=2e-4) for k in a)
+
+
+def test_fsdp_without_gpus_is_refused_before_starting(tmp_path, tokenizer_dir, shards, ray_local):
+    from trainers.distributed import run_workers
+    from trainers.errors import TrainError
+
+    job = pretrain_job(tmp_path, tokenizer_dir, shards, workers=2, strategy="fsdp")
+    with pytest.raises(TrainError, match="needs GPU workers"):
+        run_workers(job, 2, "fsdp", use_gpu=False)
