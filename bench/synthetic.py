@@ -71,24 +71,10 @@ try:
 
     def reference_score(target: str, prediction: str) -> float:
         return _SCORER.score(target, prediction)["rougeL"].fmeasure
-except ImportError:  # the same tokenizer and LCS table, in pure Python
+except ImportError:  # the tests' re-implementation: the same tokenizer and LCS table
+    from tests.stages.test_self_instruct import reference_rouge_l as reference_score
+
     REFERENCE = "rouge_score re-implementation"
-
-    def _tokens(text: str) -> list[str]:
-        return [t for t in re.split(r"\s+", re.sub(r"[^a-z0-9]+", " ", text.lower()))
-                if re.match(r"^[a-z0-9]+$", t)]
-
-    def reference_score(target: str, prediction: str) -> float:
-        t, p = _tokens(target), _tokens(prediction)
-        if not t or not p:
-            return 0.0
-        table = [[0] * (len(p) + 1) for _ in range(len(t) + 1)]
-        for i in range(1, len(t) + 1):
-            for j in range(1, len(p) + 1):
-                table[i][j] = table[i - 1][j - 1] + 1 if t[i - 1] == p[j - 1] \
-                    else max(table[i - 1][j], table[i][j - 1])
-        precision, recall = table[-1][-1] / len(p), table[-1][-1] / len(t)
-        return 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
 
 
 def rouge_bench() -> dict:

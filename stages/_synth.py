@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import random
 import re
-from pathlib import Path
 from typing import Literal
 
 import polars as pl
@@ -210,11 +209,13 @@ def reasons_table(record: dict) -> list[str]:
     return lines + [f"| `{k}` | {v:,} |" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1])]
 
 
-def card(title: str, record: dict, summary: list[str], plot_dir: Path | None = None) -> str:
-    """A stage's card section: title, summary lines, the prompts with hashes, the reasons."""
-    info = record.get("info", {})
+def card(title: str, record: dict, summary: list[str],
+         templates: list[prompts.Prompt] = ()) -> str:
+    """A stage's card section: title, summary lines, the prompts with hashes (from ``info``,
+    or ``templates`` for record stages, which store none), the reasons."""
+    used = dict(record.get("info", {}).get("prompts", {}))
+    used.update({t.name: t.hash for t in templates})
     lines = [f"## {title} (`{record['folder']}`)", ""] + summary
-    if info.get("prompts"):
-        lines += ["", "Prompt templates: " + ", ".join(f"`{k}` ({v})" for k, v in
-                                                         info["prompts"].items())]
+    if used:
+        lines += ["", "Prompt templates: " + ", ".join(f"`{k}` ({v})" for k, v in used.items())]
     return "\n".join(lines + reasons_table(record))

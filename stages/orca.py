@@ -135,5 +135,4 @@ def card_section(record: dict, plot_dir: Path) -> str | None:
              "", "| system message | weight | share |", "|---|---:|---:|"]
     lines += [f"| `{n}` | {weights.get(n, 1.0):g} | {weights.get(n, 1.0) / total:.1%} |"
               for n in systems]
-    record = {**record, "info": {**record.get("info", {}), "prompts": {template.name: template.hash}}}
-    return _synth.card("Orca explanation tuning", record, lines)
+    return _synth.card("Orca explanation tuning", record, lines, [template])

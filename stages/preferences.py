@@ -146,10 +146,9 @@ def process(batch: pa.Table, config: Config, llm) -> pa.Table:
 def card_section(record: dict, plot_dir: Path) -> str | None:
     cfg = record.get("config", {})
     template = prompts.load(cfg.get("judge_prompt", "preference_judge"))
-    record = {**record, "info": {**record.get("info", {}), "prompts": {template.name: template.hash}}}
     summary = [f"{cfg.get('k')} answers per prompt at temperature {cfg.get('temperature')} "
                f"(`{cfg.get('sampling')}` sampling), each rated 1-10 by the judge; chosen = best, "
                f"rejected = worst, pairs closer than {cfg.get('min_margin')} point(s) dropped as "
                f"ties. {record.get('rows_kept', 0):,} pairs kept of {record.get('rows_in', 0):,} "
                "prompts."]
-    return _synth.card("Preference pairs", record, summary)
+    return _synth.card("Preference pairs", record, summary, [template])

@@ -68,12 +68,13 @@ kind = "dedup_exact"
 input = "textbooks"
 [stages.textbooks_near]
 kind = "dedup_minhash"
+partitions = 1
 [stages.exercises]
 input = "ingest"
 topics = {topics}
 levels = ["beginner"]
 count = {count}
-timeout_s = 2.0
+timeout_s = 1.0
 """
 
 
