@@ -100,6 +100,19 @@ def print_status(run_dir: Path, console: Console | None = None) -> int:
         for ds in sorted(p for p in datasets.iterdir() if p.is_dir() and not p.name.startswith(".")):
             rows = sum(pq.ParquetFile(p).metadata.num_rows for p in io.parquet_parts(ds))
             console.print(f"dataset [bold]{ds.name}[/bold]: {rows:,} rows in {ds}")
+    models = run_dir / "models"
+    for folder in sorted(models.iterdir()) if models.is_dir() else []:
+        if folder.name.startswith(".") and folder.name.endswith(".work"):
+            steps = sorted((folder / "checkpoints").glob("step-*.pt"))
+            last = steps[-1].stem.split("-")[-1].lstrip("0") if steps else "none"
+            console.print(f"[yellow]model {folder.name[1:-5]}: training, last checkpoint step "
+                          f"{last or 0}[/yellow]")
+        elif (folder / SUCCESS).is_file():
+            done = json.loads((folder / SUCCESS).read_text())
+            summary = done.get("summary", {})
+            facts = ", ".join(f"{k} {summary[k]}" for k in ("step", "loss", "eval_loss", "vocab_size")
+                              if summary.get(k) is not None)
+            console.print(f"model [bold]{folder.name}[/bold] ({done.get('objective')}): {facts}")
     return 0
 
 

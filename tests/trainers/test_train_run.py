@@ -64,6 +64,15 @@ def test_run_trains_models_with_cards_then_skips_them(tmp_path, ray_local, quiet
     evaluation = result.evaluations["pretrain"]
     assert evaluation["perplexity"] > 1 and evaluation["humaneval_problems"] == 2
     assert not (cfg.run_dir / "models" / ".pretrain.work").exists()  # checkpoints removed
+    from io import StringIO
+
+    from rich.console import Console
+
+    from pipeline import ledger
+
+    shown = StringIO()
+    ledger.print_status(cfg.run_dir, Console(file=shown, width=200))
+    assert "model pretrain (pretrain): step 6" in shown.getvalue()
 
     again = run_pipeline(load_config(make_config(tmp_path, SOURCES, STAGES, TRAIN)),
                          console=quiet_console)
