@@ -19,6 +19,7 @@ NUMBERED = re.compile(r"(?:^|\n)[ \t]*(?:#+[ \t]*)?\d+[ \t]?[.)][ \t]*")
 OUTPUT_MARK = re.compile(r"Output\s*\d*\s*:")
 INPUT_MARK = re.compile(r"Input\s*\d*\s*:")
 EXAMPLE_MARK = re.compile(r"Example\s?\d*\.?")
+NEXT_TASK = re.compile(r"\n\s*Task\s*:")
 
 
 class SeedError(ValueError):
@@ -104,9 +105,14 @@ def _input_output(text: str) -> tuple[str, str]:
     return before.strip(), after.strip()
 
 
+def _own_task(text: str) -> str:
+    """The reply up to where a chat model starts a new ``Task:`` block of the few-shot layout."""
+    return NEXT_TASK.split(text or "", maxsplit=1)[0].strip()
+
+
 def parse_input_first(text: str) -> list[tuple[str, str]]:
     """Examples of a generation task: ``Example N / Input: / Output:`` blocks."""
-    text = (text or "").strip()
+    text = _own_task(text)
     if EXAMPLE_MARK.search(text):
         return [_input_output(block) for block in EXAMPLE_MARK.split(text) if block.strip()]
     if OUTPUT_MARK.search(text):
@@ -116,7 +122,8 @@ def parse_input_first(text: str) -> list[tuple[str, str]]:
 
 def parse_output_first(text: str) -> list[tuple[str, str]]:
     """Examples of a classification task: ``Class label: X`` then the input on the next lines."""
-    if "Class label:" not in (text or ""):
+    text = _own_task(text)
+    if "Class label:" not in text:
         return []
     out = []
     for block in text.split("Class label:")[1:]:

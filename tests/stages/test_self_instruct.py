@@ -92,8 +92,10 @@ def test_reply_parsing_and_instance_screening():
         ("Describe a sunset over the sea.", False), ("Plan a trip.", False)]
     assert si.parse_input_first("Example 1\nInput: 2 + 2\nOutput: 4\nExample 2\nOutput: 9") == \
         [("2 + 2", "4"), ("", "9")]
-    assert si.parse_output_first("Class label: Yes\nInput: 81\nClass label: No\nInput: 52") == \
-        [("81", "Yes"), ("52", "No")]
+    assert si.parse_output_first("Class label: Yes\nInput: 81\nClass label: No\nInput: 52\n\n"
+                                 "Task: Name a colour.\nClass label: Red") == [("81", "Yes"), ("52", "No")]
+    assert si.parse_input_first("Input: 25 C\nOutput: 77 F\n\nTask: Find the longest word.") == \
+        [("25 C", "77 F")]
     assert si.is_yes(" Yes, it is") and not si.is_yes("Nope") and not si.is_yes("")
     screened = si.screen_instances([("a", "b"), ("a", "b"), ("c", "c"), ("d", ""), ("e:", "f"),
                                     ("g", "h"), ("i", "j")], truncated=True, limit=1)
