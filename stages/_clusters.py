@@ -27,64 +27,37 @@ def keep_order(frame: pl.DataFrame, keep: str, column: str | None = None) -> pl.
     return ranked.sort(order).drop("_order").with_row_index("rank")
 
 
+UNDECIDED, KEPT = -2, -1  # node states; a decided duplicate holds its keeper's node number
+
+
 @numba.njit(cache=True)
-def _greedy(indptr, earlier, sim, n):
-    """Visit nodes in priority order; a node with a kept earlier neighbour joins the most
-    similar one, otherwise it is kept. Returns (keeper index or -1, similarity)."""
-    keeper = np.full(n, -1, dtype=np.int64)
-    best_sim = np.zeros(n, dtype=np.float64)
-    for v in range(n):
-        best, score = -1, -1.0
+def _greedy(indptr, earlier, sim, keeper, best):
+    """Visit undecided nodes in order; a node with a kept earlier neighbour joins the most
+    similar one (ties: the earliest), otherwise it is kept. Fills ``keeper`` and ``best``."""
+    for v in range(len(keeper)):
+        if keeper[v] != UNDECIDED:
+            continue
+        pick, score = KEPT, -1.0
         for k in range(indptr[v], indptr[v + 1]):
             u = earlier[k]
-            if keeper[u] == -1 and sim[k] > score:
-                best, score = u, sim[k]
-        keeper[v] = best
-        best_sim[v] = score if best >= 0 else 0.0
-    return keeper, best_sim
+            if keeper[u] == KEPT and sim[k] > score:
+                pick, score = u, sim[k]
+        keeper[v] = pick
+        best[v] = score if pick >= 0 else 0.0
 
 
-def greedy_clusters(order: pl.DataFrame, edges: pl.DataFrame, ref_prefix: str) -> pl.DataFrame:
-    """One verdict per document of ``order`` from similarity ``edges`` (a, b, jaccard).
+def greedy_clusters(early: np.ndarray, late: np.ndarray, sim: np.ndarray, keeper: np.ndarray,
+                    best: np.ndarray) -> None:
+    """Decide every ``UNDECIDED`` node of ``keeper`` in place from similarity edges
+    (``early`` < ``late``, node numbers in keep-policy order); decided nodes keep their state.
 
-    Reference documents (ids starting with ``ref_prefix``) come first and are never dropped.
-    Returns id, drop_reason, duplicate_of, jaccard, cluster_id, cluster_size.
+    Each duplicate is within the edge similarity of a kept document, so clusters never chain
+    unrelated documents the way connected components do.
     """
-    refs = pl.concat([edges.select(pl.col("a").alias("id")), edges.select(pl.col("b").alias("id"))]) \
-        .unique().filter(pl.col("id").str.starts_with(ref_prefix)).sort("id")
-    nodes = pl.concat([refs.with_columns(pl.lit(True).alias("ref")),
-                       order.select("id").with_columns(pl.lit(False).alias("ref"))])
-    nodes = nodes.with_row_index("node")
-    index = nodes.select("id", "node")
-    pairs = edges.join(index.rename({"id": "a", "node": "u"}), on="a") \
-        .join(index.rename({"id": "b", "node": "v"}), on="b") \
-        .select(pl.min_horizontal("u", "v").alias("early"), pl.max_horizontal("u", "v").alias("late"),
-                "jaccard").sort("late", "early")
-    n = nodes.height
-    late = pairs["late"].to_numpy().astype(np.int64)
-    indptr = np.zeros(n + 1, dtype=np.int64)
-    np.add.at(indptr, late + 1, 1)
-    indptr = np.cumsum(indptr)
-    keeper, sim = _greedy(indptr, pairs["early"].to_numpy().astype(np.int64),
-                          pairs["jaccard"].to_numpy().astype(np.float64), n)
-    ids = nodes["id"]
-    is_ref = nodes["ref"].to_numpy()
-    cluster = np.where(keeper >= 0, keeper, np.arange(n))
-    sizes = np.bincount(cluster[~is_ref], minlength=n) + is_ref.astype(np.int64)
-    dropped = pl.Series(keeper >= 0)
-    reason = pl.when(pl.Series(is_ref[cluster])).then(pl.lit("reference_duplicate")) \
-        .otherwise(pl.lit("near_duplicate"))
-    out = pl.DataFrame({"id": ids, "dropped": dropped, "keeper": ids.gather(cluster),
-                        "jaccard": sim, "cluster_size": sizes[cluster].astype(np.int64)})
-    out = out.with_columns(reason.alias("reason"))
-    return out.filter(~pl.Series(is_ref)).select(
-        "id",
-        pl.when("dropped").then(pl.col("reason")).otherwise(None).alias("drop_reason"),
-        pl.when("dropped").then(pl.col("keeper")).otherwise(None).alias("duplicate_of"),
-        pl.when("dropped").then(pl.col("jaccard")).otherwise(None).alias("jaccard"),
-        pl.col("keeper").alias("cluster_id"),
-        "cluster_size",
-    )
+    order = np.lexsort((early, late))
+    indptr = np.zeros(len(keeper) + 1, dtype=np.int64)
+    indptr[1:] = np.cumsum(np.bincount(late, minlength=len(keeper)))
+    _greedy(indptr, early[order].astype(np.int64), sim[order].astype(np.float64), keeper, best)
 
 
 def size_histogram(table: pl.DataFrame) -> dict[str, int]:

@@ -29,7 +29,6 @@ Drop reasons: ``near_duplicate`` and ``reference_duplicate``, with ``duplicate_o
 
 from __future__ import annotations
 
-import hashlib
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -38,14 +37,15 @@ from typing import Literal
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from datasketch.lsh import _false_negative_probability, _false_positive_probability, _optimal_param
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline import io
 from pipeline.stage import DROP_REASON, Decisions, GlobalContext
-from stages import _minhash as mh
-from stages._clusters import greedy_clusters, keep_order, size_histogram
+from stages import _dedup_graph as gr
+from stages import _dedup_shuffle as sh
+from stages._clusters import keep_order, size_histogram
 
 VERSION = "1"
 REF = "ref/"
@@ -71,6 +71,9 @@ class Config(BaseModel):
     partitions: int = Field(default=8, ge=1, description="shuffle partitions for bands and pairs")
     max_bucket: int = Field(default=50, ge=2, description="larger buckets pair neighbours only")
     reference: list[str] = Field(default_factory=list)
+    clusters: Literal["auto", "local", "distributed"] = "auto"
+    local_edges: int = Field(default=20_000_000, ge=0, description="auto: most verified edges "
+                             "clustered on the driver; above, rounds over Ray")
 
     @model_validator(mode="after")
     def _check(self) -> Config:
@@ -98,78 +101,18 @@ def _lsh_params(threshold: float, num_perm: int, fp: float, fn: float) -> tuple[
     return _optimal_param(threshold, num_perm, fp, fn)
 
 
-def signature_batch(batch: pa.Table, config: Config, out: str, prefix: str) -> pa.Table:
-    """Band keys of a batch, written to ``out/p{partition}/``; returns per-document counts."""
-    bands, rows = config.band_params()
-    a, b = mh.permutations(config.num_perm, config.seed, config.scheme)
-    values, offsets = mh.shingle_sets_of(batch.column(config.text_column), config.ngram,
-                                         config.unit, unique=False)
-    sig = mh.signatures(values, offsets, a, b, config.scheme == "legacy")
-    keys = mh.band_keys(sig, bands, rows)
-    ids = [prefix + i for i in batch.column("id").to_pylist()]
-    has_shingles = np.diff(offsets) > 0
-    frame = pl.DataFrame({
-        "id": pl.Series(ids, dtype=pl.String).gather(np.repeat(np.flatnonzero(has_shingles), bands)),
-        "band": np.tile(np.arange(bands, dtype=np.int16), int(has_shingles.sum())),
-        "key": keys[has_shingles].reshape(-1),
-    })
-    tag = hashlib.blake2b(f"{prefix}{ids[0]}/{ids[-1]}/{len(ids)}".encode(), digest_size=8).hexdigest()
-    frame = frame.with_columns((pl.col("key") % config.partitions).alias("part"))
-    for (part,), chunk in frame.partition_by("part", as_dict=True).items():
-        folder = Path(out) / f"p{part:04d}"
-        folder.mkdir(parents=True, exist_ok=True)
-        io.write_parquet_atomic(chunk.drop("part").to_arrow(), folder / f"{tag}.parquet")
-    return pa.table({"docs": [len(ids)], "empty": [int((~has_shingles).sum())],
-                     "shingles": [int(len(values))]})
-
-
-def bucket_pairs(part: int, out: str, max_bucket: int) -> pa.Table:
-    """Candidate pairs of one shuffle partition: documents that share a band key."""
-    folder = Path(out) / f"p{part:04d}"
-    files = io.parquet_parts(folder)
-    if not files:
-        return pa.table({"a": pa.array([], pa.string()), "b": pa.array([], pa.string())})
-    buckets = (pl.scan_parquet(files).group_by("band", "key").agg(pl.col("id").unique().sort())
-               .filter(pl.col("id").list.len() > 1).collect())
-    left, right = [], []
-    for members in buckets.get_column("id").to_list():
-        n = len(members)
-        for i in range(n - 1):
-            for j in range(i + 1, min(n, i + 1 + max_bucket) if n > max_bucket else n):
-                left.append(members[i])
-                right.append(members[j])
-    return pa.table({"a": pa.array(left, pa.string()), "b": pa.array(right, pa.string())})
-
-
-def shingles_of_ids(batch: pa.Table, config: Config, ids: set, prefix: str) -> pa.Table:
-    """Sorted shingle sets of the documents of a batch whose id is in ``ids``."""
-    mask = pc.is_in(pc.binary_join_element_wise(prefix, batch.column("id"), ""),
-                    value_set=pa.array(sorted(ids), pa.string()))
-    chosen = batch.filter(mask)
-    values, offsets = mh.shingle_sets_of(chosen.column(config.text_column), config.ngram,
-                                         config.unit, unique=True)
-    lists = pa.LargeListArray.from_arrays(pa.array(offsets, pa.int64()), pa.array(values, pa.uint64()))
-    ids_out = pc.binary_join_element_wise(prefix, chosen.column("id"), "")
-    return pa.table({"id": ids_out, "shingles": lists})
-
-
-def score_pairs(pairs: pl.DataFrame, sets: pa.Table, config: Config) -> pl.DataFrame:
-    """Jaccard of each candidate pair, exact (shingle sets) or estimated (signatures)."""
-    index = {doc: n for n, doc in enumerate(sets.column("id").to_pylist())}
-    shingles = sets.column("shingles").combine_chunks() if sets.num_rows else pa.array([], pa.large_list(pa.uint64()))
-    values = shingles.values.to_numpy() if sets.num_rows else np.zeros(0, np.uint64)
-    offsets = shingles.offsets.to_numpy() if sets.num_rows else np.zeros(1, np.int64)
-    left = np.array([index.get(x, -1) for x in pairs["a"].to_list()], dtype=np.int64)
-    right = np.array([index.get(x, -1) for x in pairs["b"].to_list()], dtype=np.int64)
-    found = (left >= 0) & (right >= 0)
-    score = np.zeros(len(left))
-    if config.verify == "estimate":
-        a, b = mh.permutations(config.num_perm, config.seed, config.scheme)
-        sig = mh.signatures(values, offsets, a, b, config.scheme == "legacy")
-        score[found] = (sig[left[found]] == sig[right[found]]).mean(axis=1)
-    else:
-        score[found] = mh.pair_jaccard(values, offsets, left[found], right[found])
-    return pairs.with_columns(pl.Series("jaccard", score))
+def _rank(ctx: GlobalContext, config: Config, involved: np.ndarray, inputs: int,
+          refs: int) -> tuple[pl.Series, np.ndarray]:
+    """Input ids in document order, and the keep-policy rank of each involved document
+    (reference documents first, in their order)."""
+    columns = ["id"] + {"longest": ["n_chars"], "highest": [config.column]}.get(config.keep, [])
+    frame = pl.from_arrow(pa.concat_tables([pq.read_table(f, columns=columns) for f in ctx.input_files],
+                                           promote_options="permissive"))
+    ranked = keep_order(frame.with_row_index("doc"), config.keep, config.column)
+    rank = np.empty(inputs, dtype=np.int64)
+    rank[ranked["doc"].to_numpy()] = ranked["rank"].to_numpy()
+    mine = involved < inputs
+    return frame["id"], np.where(mine, refs + rank[np.where(mine, involved, 0)], involved - inputs)
 
 
 def run(ctx: GlobalContext, config: Config) -> Decisions:
@@ -181,47 +124,48 @@ def run(ctx: GlobalContext, config: Config) -> Decisions:
         clock.append(time.perf_counter())
         timings[name] = round(clock[-1] - clock[-2], 3)
 
-    out = str(ctx.scratch_dir / "bands")
-    ref_files = [str(p) for r in config.reference for p in (io.parquet_parts(Path(r)) or [Path(r)])]
-    counts = pl.from_arrow(ctx.map(signature_batch, columns=["id", config.text_column],
-                                   config=config, out=out, prefix=""))
-    if ref_files:
-        ctx.map(signature_batch, columns=["id", config.text_column], files=[Path(f) for f in ref_files],
-                config=config, out=out, prefix=REF)
+    work = {name: str(ctx.scratch_dir / name) for name in ("bands", "pairs", "sets", "joined", "edges", "rounds")}
+    parts = list(range(config.partitions))
+    units = sh.plan_units(ctx.input_files)
+    inputs = sum(u.rows for u in units)
+    ref_files = [p for r in config.reference for p in (io.parquet_parts(Path(r)) or [Path(r)])]
+    ref_units = sh.plan_units(ref_files, first=inputs, index=len(units))
+    order = sh.largest_first(units + ref_units)
+    counts = pl.DataFrame([c for u, c in zip(order, ctx.run_tasks(sh.signature_task, order, config=config,
+                                                                  out=work["bands"])) if u.index < len(units)])
     lap("signatures_s")
-    pair_tables = ctx.run_tasks(bucket_pairs, list(range(config.partitions)), out=out,
-                                max_bucket=config.max_bucket)
-    pairs = pl.concat([pl.from_arrow(t) for t in pair_tables]) if pair_tables else pl.DataFrame()
-    pairs = pairs.select(pl.min_horizontal("a", "b").alias("a"), pl.max_horizontal("a", "b").alias("b")) \
-        .unique().filter(~(pl.col("a").str.starts_with(REF) & pl.col("b").str.starts_with(REF))) \
-        .sort("a", "b")
+    seen = ctx.run_tasks(sh.candidate_task, parts, bands=work["bands"], out=work["pairs"],
+                         partitions=config.partitions, max_bucket=config.max_bucket, inputs=inputs)
+    involved = np.unique(np.concatenate(seen))
     lap("candidates_s")
-    if config.verify == "none":
-        edges = pairs.with_columns(pl.lit(1.0).alias("jaccard"))
-    else:
-        involved = set(pairs["a"].to_list()) | set(pairs["b"].to_list())
-        sets = [ctx.map(shingles_of_ids, columns=["id", config.text_column], config=config,
-                        ids=involved, prefix="")] if pairs.height else []
-        if ref_files and pairs.height:
-            sets.append(ctx.map(shingles_of_ids, columns=["id", config.text_column],
-                                files=[Path(f) for f in ref_files], config=config, ids=involved,
-                                prefix=REF))
-        sets = [t for t in sets if t.num_rows]
-        table = pa.concat_tables(sets) if sets else pa.table({"id": pa.array([], pa.string())})
-        edges = score_pairs(pairs, table, config).filter(pl.col("jaccard") >= config.threshold)
+    verify = config.verify != "none"
+    if verify:
+        needed = [u for u in order if np.searchsorted(involved, u.first + u.rows) > np.searchsorted(involved, u.first)]
+        ctx.run_tasks(sh.sets_task, needed, config=config, involved=involved, out=work["sets"])
+    candidates = sum(ctx.run_tasks(sh.join_left_task, parts, pairs=work["pairs"], sets=work["sets"],
+                                   out=work["joined" if verify else "edges"], config=config))
+    edges = sum(ctx.run_tasks(sh.score_task, parts, joined=work["joined"], sets=work["sets"],
+                              out=work["edges"], config=config)) if verify else candidates
     lap("verify_s")
-    columns = ["id"] + {"longest": ["n_chars"], "highest": [config.column]}.get(config.keep, [])
-    order = keep_order(pl.from_arrow(ctx.read(columns)), config.keep, config.column)
-    table = greedy_clusters(order, edges, REF)
+    ids, rank = _rank(ctx, config, involved, inputs, sum(u.rows for u in ref_units))
+    graph = gr.Graph.build(involved, rank)
+    mode = config.clusters if config.clusters != "auto" else \
+        ("local" if edges <= config.local_edges else "distributed")
+    rounds = 0
+    if mode == "local":
+        keeper, best = gr.local(graph, work["edges"], config.partitions)
+    else:
+        keeper, best, rounds = gr.distributed(ctx, graph, work["edges"], work["rounds"], config.partitions,
+                                              config.local_edges if config.clusters == "auto" else -1)
+    table = gr.decisions(graph, keeper, best, ids, ref_units, REF)
     lap("clusters_s")
     info = {
         "bands": bands, "rows": rows, "num_perm": config.num_perm, "threshold": config.threshold,
         "shingle": f"{config.unit} {config.ngram}-grams", "scheme": config.scheme, "verify": config.verify,
         "false_positive_probability": _false_positive_probability(config.threshold, bands, rows),
         "false_negative_probability": _false_negative_probability(config.threshold, bands, rows),
-        "documents": int(counts["docs"].sum()) if counts.height else 0,
-        "empty_documents": int(counts["empty"].sum()) if counts.height else 0,
-        "candidate_pairs": pairs.height, "verified_pairs": edges.height,
+        "documents": inputs, "empty_documents": int(counts["empty"].sum()) if counts.height else 0,
+        "candidate_pairs": candidates, "verified_pairs": edges, "clusters": mode, "cluster_rounds": rounds,
         "near_duplicates": int((table["drop_reason"] == "near_duplicate").sum()),
         "reference_duplicates": int((table["drop_reason"] == "reference_duplicate").sum()),
         "cluster_sizes": size_histogram(table), "timings": timings,

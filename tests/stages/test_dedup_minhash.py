@@ -89,9 +89,9 @@ def test_planted_near_duplicates_precision_and_recall(tmp_path, ray_local, quiet
     rates = [0.01, 0.02, 0.03, 0.05, 0.10]
     docs = list(originals) + [mutate(t, rates[i % 5], rng) for i, t in enumerate(originals)]
     write_jsonl(tmp_path / "data" / "a.jsonl", [{"text": t} for t in docs])
-    cfg = load_config(make_config(tmp_path, '[[sources]]\nname = "d"\nkind = "jsonl"\npath = "data"\n',
-                                  "[stages.ingest]\n[stages.dedup_minhash]\n"))
-    result = run_pipeline(cfg, console=quiet_console)
+    path = make_config(tmp_path, '[[sources]]\nname = "d"\nkind = "jsonl"\npath = "data"\n',
+                       "[stages.ingest]\n[stages.dedup_minhash]\n")
+    result = run_pipeline(load_config(path), console=quiet_console)
     kept = read_folder(result.run_dir / "stages" / "02-dedup_minhash")
     dropped = read_folder(result.run_dir / "rejected" / "02-dedup_minhash")
     ingest = read_folder(result.run_dir / "stages" / "01-ingest")
@@ -114,6 +114,25 @@ def test_planted_near_duplicates_precision_and_recall(tmp_path, ray_local, quiet
         assert row["drop_reason"] == "near_duplicate" and row["jaccard"] >= 0.8
         assert row["duplicate_of"] in set(kept.column("id").to_pylist())
     assert set(kept.column("cluster_size").to_pylist()) >= {1, 2}
+    assert result.records[1]["info"]["clusters"] == "local"
+    # rounds over Ray decide exactly as the driver; the other verifications keep their promise
+    local = stage_rows(result.run_dir)
+    for key, value in (("clusters", '"distributed"'), ("verify", '"estimate"'), ("verify", '"none"')):
+        rerun = run_pipeline(load_config(path, [f"stages.dedup_minhash.{key}={value}"]), console=quiet_console)
+        rows = stage_rows(rerun.run_dir)
+        assert rows.height == len(docs) and rerun.records[1]["info"][key] == value.strip('"')
+        if key == "clusters":
+            assert rows.equals(local) and rerun.records[1]["info"]["cluster_rounds"] >= 1
+        else:  # the 1% and 2% copies are found by every verification
+            found = rows.filter(pl.col("duplicate_of").is_not_null())
+            assert found.height >= 40 and (found["jaccard"] >= 0.8).all()
+
+
+def stage_rows(run_dir: Path) -> pl.DataFrame:
+    """Every row of the MinHash stage, kept and rejected, without the text, by id."""
+    columns = ["id", "cluster_id", "cluster_size", "duplicate_of", "jaccard", "drop_reason"]
+    parts = [pl.from_arrow(read_folder(run_dir / folder / "02-dedup_minhash")) for folder in ("stages", "rejected")]
+    return pl.concat(parts, how="diagonal_relaxed").select(columns).sort("id")
 
 
 def test_reference_dataset_removes_copies_and_is_not_touched(tmp_path, ray_local, quiet_console):
@@ -132,3 +151,42 @@ def test_reference_dataset_removes_copies_and_is_not_touched(tmp_path, ray_local
     assert rec["rejected_by_reason"] == {"reference_duplicate": 5}
     assert rec["rows_kept"] == 5 and rec["info"]["reference_duplicates"] == 5
     assert read_folder(old.run_dir / "stages" / "01-ingest").num_rows == 10
+
+
+def clusters_both_ways(tmp_path, docs: np.ndarray, rank: np.ndarray, edges: pl.DataFrame,
+                       partitions: int = 4) -> tuple:
+    """Decisions of the driver greedy and of the rounds over Ray for the same edges."""
+    from pipeline.runner import RayGlobalContext
+    from stages import _dedup_graph as gr
+    from stages._dedup_shuffle import write_partitioned
+
+    root = str(tmp_path / "edges")
+    write_partitioned(edges, pl.col("b"), partitions, root, "e")
+    graph = gr.Graph.build(docs, rank)
+    ctx = RayGlobalContext([], tmp_path, 0, 50)
+    local = gr.local(graph, root, partitions)
+    rounds = gr.distributed(ctx, graph, root, str(tmp_path / "rounds"), partitions, local_edges=-1)
+    return local, rounds
+
+
+def test_distributed_clusters_equal_the_greedy_on_chains_and_random_graphs(tmp_path, ray_local):
+    # a chain 0-1-2-...: every document waits for the one before it (kept, duplicate, kept, ...)
+    n = 30
+    chain = pl.DataFrame({"a": np.arange(n - 1), "b": np.arange(1, n), "jaccard": np.full(n - 1, 0.9)})
+    (keeper, best), (keeper2, best2, rounds) = clusters_both_ways(tmp_path / "chain", np.arange(n),
+                                                                  np.arange(n), chain)
+    assert keeper.tolist() == [-1 if i % 2 == 0 else i - 1 for i in range(n)]
+    assert np.array_equal(keeper, keeper2) and np.array_equal(best, best2) and rounds == n - 1
+    # random graphs with many ties, random keep order and sparse document numbers
+    rng = np.random.default_rng(0)
+    for trial in range(3):
+        m = 400
+        docs = np.sort(rng.choice(10**6, m, replace=False))
+        a, b = rng.integers(0, m, 3000), rng.integers(0, m, 3000)
+        edges = pl.DataFrame({"a": docs[np.minimum(a, b)], "b": docs[np.maximum(a, b)],
+                              "jaccard": rng.choice([0.8, 0.85, 0.9, 1.0], 3000)}) \
+            .filter(pl.col("a") != pl.col("b")).unique(["a", "b"])
+        (keeper, best), (keeper2, best2, rounds) = clusters_both_ways(
+            tmp_path / f"r{trial}", docs, rng.permutation(m), edges, partitions=3)
+        assert np.array_equal(keeper, keeper2) and np.array_equal(best, best2)
+        assert (keeper >= 0).sum() > 50 and 1 <= rounds < 40
