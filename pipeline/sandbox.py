@@ -6,6 +6,8 @@ removed afterwards, with a clean environment and these limits:
 
 - wall-clock ``timeout_s``: the whole process group is killed (reason ``timeout``);
 - ``RLIMIT_CPU`` (the timeout, rounded up): a busy loop is stopped by the kernel too;
+  the limits are set by the sandboxed interpreter itself before the program runs (no
+  ``preexec_fn``, which is unsafe in threaded callers such as Ray workers);
 - ``RLIMIT_AS`` = ``memory_mb`` (reason ``memory`` when Python raises ``MemoryError``);
 - ``RLIMIT_FSIZE`` = ``file_mb`` for every file it writes, stdout and stderr included
   (reason ``output_limit``); ``RLIMIT_CORE`` = 0; writing, removing or renaming anything outside
@@ -30,7 +32,6 @@ from __future__ import annotations
 import functools
 import os
 import re
-import resource
 import shutil
 import signal
 import subprocess
@@ -47,6 +48,10 @@ BLOCK_MESSAGES = {"network access is blocked in the sandbox": "network_blocked",
 # Runs inside the sandboxed interpreter before the program: no sockets, no child processes.
 PREAMBLE = r'''
 import os, resource, socket, sys
+_cpu, _memory, _files = (int(v) for v in sys.argv[1:4])
+for _limit, _value in ((resource.RLIMIT_CPU, _cpu), (resource.RLIMIT_AS, _memory),
+                       (resource.RLIMIT_FSIZE, _files), (resource.RLIMIT_CORE, 0)):
+    resource.setrlimit(_limit, (_value, _value))
 def _no_net(*a, **k):
     raise PermissionError("network access is blocked in the sandbox")
 class _NoSocket(socket.socket):
@@ -142,16 +147,6 @@ def network_isolation() -> str:
     return "namespace" if done.returncode == 0 else "preamble"
 
 
-def _limits(timeout_s: float, memory_mb: int, file_mb: int):
-    def apply() -> None:
-        cpu = int(timeout_s) + 1
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
-        resource.setrlimit(resource.RLIMIT_AS, (memory_mb * 2**20, memory_mb * 2**20))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (file_mb * 2**20, file_mb * 2**20))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    return apply
-
-
 def _tail(path: str, chars: int) -> str:
     with open(path, "rb") as fh:
         fh.seek(0, os.SEEK_END)
@@ -207,7 +202,8 @@ def run_python(code: str, *, timeout_s: float = 10.0, memory_mb: int = 512, file
         with open(os.path.join(work, "main.py"), "w", encoding="utf-8") as fh:
             fh.write(code)
         out_path, err_path = os.path.join(logs, "stdout"), os.path.join(logs, "stderr")
-        cmd = [python or sys.executable, "-I", "-c", PREAMBLE]
+        limits = [str(int(timeout_s) + 1), str(memory_mb * 2**20), str(file_mb * 2**20)]
+        cmd = [python or sys.executable, "-I", "-c", PREAMBLE, *limits]
         if network_isolation() == "namespace":
             cmd = [shutil.which("unshare") or "unshare", "-rn"] + cmd
         env = {"PATH": "/usr/bin:/bin", "HOME": work, "TMPDIR": work, "LANG": "C.UTF-8",
@@ -216,8 +212,7 @@ def run_python(code: str, *, timeout_s: float = 10.0, memory_mb: int = 512, file
         timed_out = False
         with open(out_path, "wb") as out, open(err_path, "wb") as err:
             proc = subprocess.Popen(cmd, cwd=work, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=err, start_new_session=True,
-                                    preexec_fn=_limits(timeout_s, memory_mb, file_mb))
+                                    stderr=err, start_new_session=True)
             try:
                 proc.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
