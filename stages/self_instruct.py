@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Literal
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.llm import Request
 from pipeline.stage import GlobalContext, Records
@@ -90,6 +90,15 @@ class Config(BaseModel):
     input_first_prompt: str = "self_instruct_input_first"
     output_first_prompt: str = "self_instruct_output_first"
     alpaca_prompt: str = "alpaca_tasks"
+
+    @model_validator(mode="after")
+    def _check(self) -> Config:
+        if self.machine_tasks > self.prompt_tasks:
+            raise ValueError(f"machine_tasks ({self.machine_tasks}) exceeds prompt_tasks "
+                             f"({self.prompt_tasks})")
+        if self.min_words > self.max_words:
+            raise ValueError("min_words exceeds max_words")
+        return self
 
 
 def template_names(config: Config) -> list[str]:
