@@ -129,7 +129,7 @@ def extract_json(text: str) -> Any:
     start = min([i for i in (candidate.find("{"), candidate.find("[")) if i >= 0], default=-1)
     if start < 0:
         raise ValueError("no JSON object in the reply")
-    obj, _ = json.JSONDecoder().raw_decode(candidate[start:])
+    obj, _ = json.JSONDecoder(strict=False).raw_decode(candidate[start:])  # raw newlines in strings
     return obj
 
 

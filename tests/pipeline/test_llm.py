@@ -85,6 +85,8 @@ def test_json_output_is_validated_and_repaired(server):
 def test_extract_json_tolerates_fences_and_prose():
     assert extract_json('Sure!\n```json\n{"a": [1, 2]}\n```') == {"a": [1, 2]}
     assert extract_json('The answer: {"a": 1} hope it helps') == {"a": 1}
+    assert extract_json('{"reason": "line one\nline two", "score": 3}') == {
+        "reason": "line one\nline two", "score": 3}  # a raw newline inside a string, as small models write
     with pytest.raises(ValueError):
         extract_json("no json here")
 
