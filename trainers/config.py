@@ -48,6 +48,7 @@ class LoopConfig(Strict):
     use_gpu: bool | None = None  # Ray Train workers on GPUs; default: if the cluster has GPUs
     max_nonfinite_steps: int = Field(default=5, ge=1)  # NaN/inf losses in a row before aborting
     threads: int | None = Field(default=None, ge=1)  # torch CPU threads per worker
+    on_empty: Literal["error", "skip"] = "error"  # no rows in the dataset: fail, or skip the model
 
 
 class LoraConfig(Strict):
@@ -66,6 +67,7 @@ class TokenizerConfig(Strict):
     min_frequency: int = Field(default=2, ge=1)
     max_chars: int = Field(default=50_000_000, ge=1000)  # training text read from the dataset
     seed: int = 0
+    on_empty: Literal["error", "skip"] = "error"
 
 
 class PretrainConfig(LoopConfig):

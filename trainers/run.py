@@ -22,6 +22,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pyarrow.parquet as pq
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -59,7 +60,7 @@ def path_dataset(path: Path, name: str | None = None, card_path: Path | None = N
     if not path.exists():
         raise TrainError(f"dataset {path} does not exist")
     files = [path] if path.is_file() else sorted(path.rglob("*.parquet"))
-    if not files:
+    if not files and card_path is None:  # a run's dataset may be empty: on_empty decides
         raise TrainError(f"dataset {name or path} has no Parquet files")
     card_path = card_path or (path if path.is_dir() else path.parent) / "README.md"
     return {"name": name or path.name, "files": files, "card": str(card_path),
@@ -93,21 +94,42 @@ def train_all(cfg, names: list[str] | None = None, console: Console | None = Non
     for name in names or []:
         if name not in [e.name for e in cfg.train]:
             raise TrainError(f"no [train.{name}] table; trainings: {[e.name for e in cfg.train]}")
-    out = {}
+    out: dict[str, Path] = {}
+    skipped: set[str] = set()
     for entry in cfg.train:
         if not entry.enabled or (names and entry.name not in names):
             continue
+        needs = {getattr(entry.config, k, None) for k in ("base", "tokenizer")} & skipped
+        if needs:
+            console.print(f"[yellow]model {entry.name}: skipped, it starts from {sorted(needs)}, "
+                          "which was skipped[/yellow]")
+            skipped.add(entry.name)
+            continue
         try:
-            out[entry.name] = train_one(cfg, entry, console)
+            path = train_one(cfg, entry, console)
+            if path is None:
+                skipped.add(entry.name)
+            else:
+                out[entry.name] = path
         except (ModelError, TrainingError, ValueError) as exc:
             raise TrainError(f"train.{entry.name}: {exc}") from exc
     return out
 
 
-def train_one(cfg, entry: TrainEntry, console: Console) -> Path:
+def train_one(cfg, entry: TrainEntry, console: Console) -> Path | None:
+    """Train one model (or skip it when unchanged); None when its data is empty and
+    ``on_empty = "skip"``."""
     models_dir = cfg.run_dir / "models"
     cfg_model = entry.config
     datasets = [dataset_input(cfg, n) for n in _names(cfg_model.dataset)]
+    rows = sum(pq.ParquetFile(f).metadata.num_rows for d in datasets for f in d["files"])
+    if rows == 0:
+        message = f"model {entry.name}: its dataset {cfg_model.dataset!r} has no rows"
+        if cfg_model.on_empty == "error":
+            raise TrainError(message + " (set on_empty = \"skip\" to go on without it)")
+        console.print(f"[yellow]{message}; skipped (on_empty = \"skip\")[/yellow]")
+        log.warning("%s; skipped", message)
+        return None
     bases: dict[str, Base] = {}
     if entry.objective in ("sft", "dpo"):
         bases["base"] = resolve_base(cfg_model.base, models_dir, cfg.path.parent)

@@ -115,3 +115,17 @@ def test_humaneval_harness_passes_canonical_solutions_and_fails_wrong_ones():
            for p in problems]
     results = run_many(good + bad, timeout_s=10)
     assert [r.ok for r in results] == [True] * 4 + [False] * 4
+
+
+def test_empty_dataset_fails_or_skips_the_model_and_its_dependants(tmp_path, ray_local, quiet_console):
+    from pipeline.run import RunError
+
+    empty = TRAIN.replace("[datasets.code]", "[datasets.none]\nfrom = \"ingest\"\ncolumns = [\"id\", \"text\"]\n\n[datasets.code]")
+    empty = empty.replace('[train.tokenizer]\ndataset = "code"', '[train.tokenizer]\ndataset = "none"')
+    stages = STAGES + "max_chars = 10\n"  # every file is rejected as too_long: empty datasets
+    with pytest.raises(RunError, match="has no rows"):
+        run_pipeline(load_config(make_config(tmp_path, SOURCES, stages, empty)), console=quiet_console)
+    skipping = empty.replace('[train.tokenizer]\n', '[train.tokenizer]\non_empty = "skip"\n')
+    result = run_pipeline(load_config(make_config(tmp_path, SOURCES, stages, skipping.split("[eval]")[0])),
+                          console=quiet_console)
+    assert result.models == {}  # pretrain starts from the skipped tokenizer: skipped too
