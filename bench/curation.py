@@ -4,7 +4,7 @@ Decontamination: records/s in one process (one core) hashing every word 13-gram 
 interpreter's stdlib ``.py`` files (the corpus) and looking them up, against HumanEval (164
 problems) and against a 10,000-document evaluation set (site-packages files, 4 KB each); the
 baseline is the plain-Python way (a set of word-tuple 13-grams, each record's windows tested
-against it) on the first records of the same corpus.
+against it), both timed on the first 1,500 records of the corpus for the ratio.
 
 Selection: 100,000 candidates to 1,000 with precomputed embeddings (clustered unit vectors, so
 that near-copies abound and the filter must scan far): the rules over the texts, the quality
@@ -92,13 +92,15 @@ def decontamination() -> dict:
         index = dc.build_index([spec], NGRAM, 5)
         built = time.perf_counter() - start
         rate, hits = decontam_rate(corpus, index)
+        same, _ = decontam_rate(corpus[:BASELINE_DOCS], index)
         baseline = plain_python_rate(corpus[:BASELINE_DOCS], spec.texts)
         out[key] = {"eval_items": len(spec.texts), "eval_ngrams": int((index.keys != 0).sum()),
                     "index_build_s": round(built, 2), "records_per_s_per_core": round(rate, 1),
                     "mb_per_s_per_core": round(rate * mb / len(corpus), 1),
                     "records_contaminated": hits,
-                    "plain_python_records_per_s": round(baseline, 1),
-                    "ratio_vs_plain_python": round(rate / baseline, 1)}
+                    f"first_{BASELINE_DOCS}_records_per_s_per_core": round(same, 1),
+                    f"plain_python_first_{BASELINE_DOCS}_records_per_s": round(baseline, 1),
+                    "ratio_vs_plain_python": round(same / baseline, 1)}
     return out
 
 
@@ -162,7 +164,7 @@ def plain_greedy_s(vectors: np.ndarray, target: int, threshold: float) -> float:
     return time.perf_counter() - start
 
 
-def embedding_rate(n: int = 256) -> dict:
+def embedding_rate(n: int = 384) -> dict:
     import torch
 
     texts = [f"Write a Python function that returns the {i}th Fibonacci number, and explain "
@@ -173,7 +175,7 @@ def embedding_rate(n: int = 256) -> dict:
     load = time.perf_counter() - start
     out = {"model_load_s": round(load, 1)}
     threads = torch.get_num_threads()
-    for label, count in (("per_core", 1), ("all_cores", threads)):
+    for label, count in (("all_cores", threads), ("per_core", 1)):
         torch.set_num_threads(count)
         start = time.perf_counter()
         div.embed(texts)
