@@ -142,8 +142,12 @@ def evaluate_run(cfg, console: Console, models: list[str] | None = None) -> dict
     conf: EvalConfig = cfg.eval or EvalConfig()
     dataset = dataset_input(cfg, conf.dataset) if conf.dataset else None
     out = {}
+    trained = {e.name for e in cfg.train}
     for name in models or conf.models:
         folder = cfg.run_dir / "models" / name
+        if name in trained and not folder.is_dir():
+            console.print(f"[yellow]eval {name}: no such model (its training was skipped)[/yellow]")
+            continue
         if not folder.is_dir():
             folder = Path(name) if Path(name).is_absolute() else cfg.path.parent / name
         if not (folder / "config.json").is_file():
