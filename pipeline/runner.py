@@ -10,6 +10,7 @@ names come from the task index, so a task retried after a worker died rewrites t
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import json
 import logging
@@ -21,13 +22,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import ray
 import ray.data
-from ray.data.datasource import Datasink
+from ray.data.block import BlockMetadata
+from ray.data.datasource import Datasink, Datasource, ReadTask
 
 from pipeline import io
 from pipeline.llm import LLMClient, LLMConfig, Request, Result
@@ -206,13 +209,43 @@ def _run_read(batch: pa.Table, module: str, config: Any) -> Iterator[pa.Table]:
         yield from reader.read(json.loads(unit), config)
 
 
+class RowGroups(Datasource):
+    """Parquet parts as runs of row groups: one read task per run, fused with the map after it."""
+
+    def __init__(self, files: list[Path], columns: list[str] | None):
+        self.columns = columns
+        self.groups = [(str(f), g, meta.row_group(g).num_rows, meta.row_group(g).total_byte_size)
+                       for f in files for meta in [pq.ParquetFile(f).metadata]
+                       for g in range(meta.num_row_groups)]
+
+    def estimate_inmemory_data_size(self) -> int:
+        return sum(g[3] for g in self.groups)
+
+    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
+                       data_context: Any = None) -> list[ReadTask]:
+        runs = np.array_split(np.arange(len(self.groups)), max(1, min(parallelism, len(self.groups))))
+        tasks = []
+        for run in (list(r) for r in runs if len(r)):
+            part = [self.groups[i] for i in run]
+            meta = BlockMetadata(num_rows=sum(p[2] for p in part), size_bytes=sum(p[3] for p in part),
+                                 input_files=sorted({p[0] for p in part}), exec_stats=None)
+            tasks.append(ReadTask(functools.partial(_read_groups, part, self.columns), meta,
+                                  per_task_row_limit=per_task_row_limit))
+        return tasks
+
+
+def _read_groups(part: list[tuple], columns: list[str] | None) -> Iterator[pa.Table]:
+    for path, group, _, _ in part:
+        yield pq.ParquetFile(path).read_row_group(group, columns=columns)
+
+
 def read_parts(files: list[Path], columns: list[str] | None = None) -> ray.data.Dataset:
     """Read Parquet parts as at least 4 blocks per CPU where row groups allow, so one big part
-    file still spreads over every worker."""
+    file still spreads over every worker (Ray Data's own reader splits by file only)."""
     cpus = int(ray.cluster_resources().get("CPU", 1))
-    groups = sum(pq.ParquetFile(f).metadata.num_row_groups for f in files)
-    blocks = max(len(files), min(groups, 4 * cpus))
-    return ray.data.read_parquet([str(f) for f in files], columns=columns, override_num_blocks=blocks)
+    source = RowGroups(files, columns)
+    blocks = max(len(files), min(len(source.groups), 4 * cpus))
+    return ray.data.read_datasource(source, override_num_blocks=blocks)
 
 
 _DECISIONS: dict[str, pa.Table] = {}
