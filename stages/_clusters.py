@@ -31,17 +31,31 @@ UNDECIDED, KEPT = -2, -1  # node states; a decided duplicate holds its keeper's 
 
 
 @numba.njit(cache=True)
-def _greedy(indptr, earlier, sim, keeper, best):
-    """Visit undecided nodes in order; a node with a kept earlier neighbour joins the most
-    similar one (ties: the earliest), otherwise it is kept. Fills ``keeper`` and ``best``."""
-    for v in range(len(keeper)):
+def _greedy(early, late, sim, keeper, best):
+    """Group the edges by their later node (a counting sort), then visit undecided nodes in
+    order: a node with a kept earlier neighbour joins the most similar one (ties: the earliest),
+    otherwise it is kept."""
+    n = len(keeper)
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    for k in range(len(late)):
+        indptr[late[k] + 1] += 1
+    for v in range(n):
+        indptr[v + 1] += indptr[v]
+    fill = indptr[:-1].copy()
+    earlier = np.empty(len(late), dtype=np.int64)
+    score_of = np.empty(len(late), dtype=np.float64)
+    for k in range(len(late)):
+        earlier[fill[late[k]]] = early[k]
+        score_of[fill[late[k]]] = sim[k]
+        fill[late[k]] += 1
+    for v in range(n):
         if keeper[v] != UNDECIDED:
             continue
         pick, score = KEPT, -1.0
         for k in range(indptr[v], indptr[v + 1]):
             u = earlier[k]
-            if keeper[u] == KEPT and sim[k] > score:
-                pick, score = u, sim[k]
+            if keeper[u] == KEPT and (score_of[k] > score or (score_of[k] == score and u < pick)):
+                pick, score = u, score_of[k]
         keeper[v] = pick
         best[v] = score if pick >= 0 else 0.0
 
@@ -54,10 +68,8 @@ def greedy_clusters(early: np.ndarray, late: np.ndarray, sim: np.ndarray, keeper
     Each duplicate is within the edge similarity of a kept document, so clusters never chain
     unrelated documents the way connected components do.
     """
-    order = np.lexsort((early, late))
-    indptr = np.zeros(len(keeper) + 1, dtype=np.int64)
-    indptr[1:] = np.cumsum(np.bincount(late, minlength=len(keeper)))
-    _greedy(indptr, early[order].astype(np.int64), sim[order].astype(np.float64), keeper, best)
+    _greedy(early.astype(np.int64, copy=False), late.astype(np.int64, copy=False),
+            sim.astype(np.float64, copy=False), keeper, best)
 
 
 def size_histogram(table: pl.DataFrame) -> dict[str, int]:

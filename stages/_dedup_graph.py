@@ -77,8 +77,8 @@ def node_task(part: int, graph: Graph, edges: str, out: str, partitions: int) ->
 
 @numba.njit(cache=True)
 def _round(u, v, sim, keeper):
-    """Decisions of one round over edges sorted by (v, u): (nodes, keepers, similarities, mask
-    of the edges still needed)."""
+    """Decisions of one round over edges grouped by v: (nodes, keepers, similarities, mask of
+    the edges still needed)."""
     n = len(v)
     nodes = np.empty(n, dtype=np.int64)
     keepers = np.empty(n, dtype=np.int64)
@@ -91,9 +91,9 @@ def _round(u, v, sim, keeper):
         kept, kept_sim, open_, open_sim = KEPT, -1.0, -1, -1.0
         while j < n and v[j] == v[i]:
             state = keeper[u[j]]
-            if state == KEPT and sim[j] > kept_sim:
+            if state == KEPT and (sim[j] > kept_sim or (sim[j] == kept_sim and u[j] < kept)):
                 kept, kept_sim = u[j], sim[j]
-            elif state == UNDECIDED and sim[j] > open_sim:
+            elif state == UNDECIDED and (sim[j] > open_sim or (sim[j] == open_sim and u[j] < open_)):
                 open_, open_sim = u[j], sim[j]
             j += 1
         if open_ < 0 or (kept >= 0 and (kept_sim > open_sim or (kept_sim == open_sim and kept < open_))):
@@ -109,7 +109,7 @@ def _round(u, v, sim, keeper):
 
 def round_task(part: int, keeper: np.ndarray, edges: str, out: str) -> tuple:
     """One round over one partition: (decided nodes, their keepers, similarities, edges left)."""
-    frame = read_partition(edges, part, NODE_EDGES).sort("v", "u")
+    frame = read_partition(edges, part, NODE_EDGES).sort("v")
     nodes, keepers, sims, needed = _round(frame["u"].to_numpy(), frame["v"].to_numpy(),
                                           frame["sim"].to_numpy(), keeper)
     left = frame.filter(pl.Series(needed))

@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 from pipeline import io
 from stages import _minhash as mh
 
-UNIT_BYTES = 32 * 2**20  # row groups of one file are grouped up to this size into one task
+UNIT_BYTES = 8 * 2**20  # small row groups of one file are grouped up to this size into one task
 BATCH_ROWS = 2048  # rows shingled at once inside a task: bounds the shingle arrays
 
 
