@@ -35,9 +35,9 @@ def selection_info(frame: pl.DataFrame, pool: pl.DataFrame, status: np.ndarray,
     rules = sum(v for k, v in counts.items() if k.startswith("rule:"))
     message = None
     if kept < config.target:
-        message = (f"lima: {kept:,} records selected, fewer than the target {config.target:,}: of "
+        message = (f"lima: selected {kept:,} of the {config.target:,} records asked for: of "
                    f"{frame.height:,} candidates {rules:,} failed a rule, "
-                   f"{frame.height - rules - pool.height:,} were below quality or not judged, "
+                   f"{frame.height - rules - pool.height:,} were below quality or failed judging, "
                    f"{counts.get('too_similar_to', 0):,} too similar, {counts.get('quota_full', 0):,} "
                    "over a quota; add candidates or relax those settings")
         log.warning(message)

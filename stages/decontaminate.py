@@ -281,7 +281,8 @@ def run(ctx: GlobalContext, config: Config) -> Decisions:
 def card_section(record: dict, plot_dir: Path) -> str:
     info = record.get("info", {})
     lines = [f"## Decontamination (`{record['folder']}`)", "",
-             f"Records sharing a word {info.get('ngram')}-gram (fields {info.get('fields')}, "
+             f"Records sharing a word {info.get('ngram')}-gram (fields "
+             f"{', '.join(f'`{f}`' for f in info.get('fields', []))}, "
              f"lowercased, punctuation ignored) with an evaluation set were dropped; n-grams "
              f"found in {info.get('common_items')} or more evaluation items, or whose words "
              f"average under {info.get('min_mean_word_length')} characters, were ignored.", "",

@@ -14,7 +14,9 @@ Steps, each unselected record rejected with its reason:
 2. quality (``below_quality``): an LLM judge, our 1-5 rubric in ``prompts/lima_judge.txt``
    (reason and score, validated JSON; a failed call is rejected with the LLM layer's reason),
    under ``min_judge_score`` (4: AlpaGasus's 4.5 of 5 on our integer scale); and/or a
-   ``score_column`` already present, under ``min_score``.
+   ``score_column`` already present, under ``min_score``. ``judge_limit`` caps the judge's
+   calls (an LLM budget): candidates beyond it, by score column and response length, are
+   ``below_quality`` without a verdict.
 3. order: judge score, then the score column, then longer responses first (Zhao et al. 2024,
    "Long Is More for Alignment"), then a seeded hash of the id.
 4. diversity: all-MiniLM-L6-v2 embeddings of instruction and response (offline, see
@@ -76,6 +78,7 @@ class Config(BaseModel):
     min_judge_score: int = Field(default=4, ge=1, le=5)
     judge_max_chars: int = Field(default=1500, ge=100)  # of instruction and of response each
     judge_max_tokens: int = Field(default=96, ge=16)
+    judge_limit: int | None = Field(default=None, ge=1)  # an LLM budget: judge this many at most
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
     score_column: str | None = None
     min_score: float | None = None
@@ -247,27 +250,15 @@ def run(ctx: GlobalContext, config: Config) -> Decisions:
     frame = frame.with_columns(pl.col("category").fill_null("(none)"),
                                pl.col("id").hash(seed=config.seed).alias("_key"),
                                pl.col("response").str.len_chars().alias("_length"))
+    if "score" not in frame.columns:
+        frame = frame.with_columns(score=pl.lit(None, pl.Float64))
     frame = pl.concat([frame, rule_reasons(frame, config)], how="horizontal")
     if config.score_column and config.min_score is not None:
         low = pl.col(DROP_REASON).is_null() & (pl.col("score").fill_null(-math.inf) < config.min_score)
         frame = _set_reason(frame, low, "below_quality", pl.format(
             "{} {} < {}", pl.lit(config.score_column), pl.col("score"), pl.lit(config.min_score)))
-    frame = frame.with_columns(judge_score=pl.lit(None, pl.Int64), judge_reason=pl.lit(None, pl.String))
-    if config.judge:
-        ask = frame[DROP_REASON].is_null().to_numpy()
-        verdicts = judge(ctx, frame.filter(ask), config)
-        rows = pl.Series(np.flatnonzero(ask))
-        for name in ("judge_score", "judge_reason", "llm_error", "llm_detail"):
-            empty = pl.Series(name, [None] * frame.height, dtype=verdicts[name].dtype)
-            frame = frame.with_columns(empty.scatter(rows, verdicts[name]))
-        low = pl.col("judge_score") < config.min_judge_score
-        frame = _set_reason(frame, pl.col("llm_error").is_not_null(), pl.col("llm_error"),
-                            pl.col("llm_detail"))
-        frame = _set_reason(frame, pl.col(DROP_REASON).is_null() & low, "below_quality", pl.format(
-            "judge score {} < {}: {}", pl.col("judge_score"), pl.lit(config.min_judge_score),
-            pl.col("judge_reason")))
-    if "score" not in frame.columns:
-        frame = frame.with_columns(score=pl.lit(None, pl.Float64))
+    frame = judged(ctx, frame, config) if config.judge else frame.with_columns(
+        judge_score=pl.lit(None, pl.Int64), judge_reason=pl.lit(None, pl.String))
     order = ["judge_score", "score", "_length", "_key"]
     frame = frame.with_row_index("_row")
     pool = frame.filter(pl.col(DROP_REASON).is_null()).sort(
@@ -285,6 +276,31 @@ def run(ctx: GlobalContext, config: Config) -> Decisions:
     columns = ["id", DROP_REASON, DROP_DETAIL, "selection_rank"] + \
         (["judge_score", "judge_reason"] if config.judge else [])
     return Decisions(table=frame.select(columns).to_arrow(), info=info)
+
+
+def judged(ctx: GlobalContext, frame: pl.DataFrame, config: Config) -> pl.DataFrame:
+    """The judge's verdicts on the rows no rule dropped: at most ``judge_limit`` of them, the
+    best by score column and response length; the rest are ``below_quality``, not judged."""
+    ask = frame[DROP_REASON].is_null()
+    if config.judge_limit is not None and ask.sum() > config.judge_limit:
+        ranked = frame.with_row_index("_r").filter(ask).sort(
+            ["score", "_length", "_key"], descending=[True, True, False], nulls_last=True)
+        beyond = ranked["_r"][config.judge_limit:].cast(pl.Int64).implode()
+        skip = pl.int_range(pl.len(), dtype=pl.Int64).is_in(beyond)
+        frame = _set_reason(frame, skip, "below_quality", pl.lit(
+            f"not judged: judge_limit = {config.judge_limit} candidates, taken by score and length"))
+        ask = frame[DROP_REASON].is_null()
+    verdicts = judge(ctx, frame.filter(ask), config)
+    rows = pl.Series(np.flatnonzero(ask.to_numpy()))
+    for name in ("judge_score", "judge_reason", "llm_error", "llm_detail"):
+        empty = pl.Series(name, [None] * frame.height, dtype=verdicts[name].dtype)
+        frame = frame.with_columns(empty.scatter(rows, verdicts[name]))
+    frame = _set_reason(frame, pl.col("llm_error").is_not_null(), pl.col("llm_error"),
+                        pl.col("llm_detail"))
+    low = pl.col(DROP_REASON).is_null() & (pl.col("judge_score") < config.min_judge_score)
+    return _set_reason(frame, low, "below_quality", pl.format(
+        "judge score {} < {}: {}", pl.col("judge_score"), pl.lit(config.min_judge_score),
+        pl.col("judge_reason"))).drop("llm_error", "llm_detail")
 
 
 def _set_reason(frame: pl.DataFrame, where: pl.Expr, reason, detail: pl.Expr) -> pl.DataFrame:

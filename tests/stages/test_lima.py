@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import json
 import socket
+from types import SimpleNamespace
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
 
 from pipeline.config import load_config
+from pipeline.llm import Result
 from pipeline.run import run_pipeline
 from stages import _diversity as div
-from stages.lima import Config, read_pairs, rule_reasons
+from stages.lima import Config, judged, read_pairs, rule_reasons
 from tests.conftest import make_config, read_folder, write_jsonl
 from tests.llm_server import ScriptedServer
 
@@ -186,7 +188,7 @@ min_judge_score = 3
                              console=quiet_console)
         assert srv.requests - before == 1  # the failed 401 call only
     rec = again.records[1]
-    assert rec["rows_kept"] == 10 and "fewer than the target 50" in rec["info"]["message"]
+    assert rec["rows_kept"] == 10 and "selected 10 of the 50 records asked for" in rec["info"]["message"]
     assert {r["id"] for r in read_folder(again.run_dir / "stages" / "02-lima").to_pylist()} == kept_ids
 
 
@@ -202,3 +204,33 @@ def test_chat_messages_and_input_columns():
     table = pa.table({"id": ["a", "b"], "instruction": ["Sum these.", "Say hi."],
                       "input": ["1, 2", None], "output": ["3", "Hi"]})
     assert read_pairs(table, Config())["instruction"].to_list() == ["Sum these.\n\n1, 2", "Say hi."]
+
+
+class FakeLLM:
+    """Scores each pair by the digit at the end of its instruction."""
+
+    def __init__(self):
+        self.asked = 0
+
+    def chat(self, requests, model):
+        self.asked += len(requests)
+        out = []
+        for request in requests:
+            text = request.messages[0]["content"].split("Response:")[0].strip(" <>\n")
+            out.append(Result(texts=["{}"], parsed=model(reason="r", score=int(text[-1]))))
+        return out
+
+
+def test_judge_limit_spends_the_budget_on_the_longest_candidates():
+    frame = pl.DataFrame({"id": [f"r{i}" for i in range(6)],
+                          "instruction": [f"Task {i}" for i in [5, 4, 2, 5, 1, 3]],
+                          "response": ["x" * (20 + 10 * i) for i in range(6)]})
+    frame = frame.with_columns(score=pl.lit(None, pl.Float64), _length=pl.col("response").str.len_chars(),
+                               _key=pl.col("id").hash(), drop_reason=pl.lit(None, pl.String),
+                               drop_detail=pl.lit(None, pl.String))
+    ctx = SimpleNamespace(llm=FakeLLM())
+    out = judged(ctx, frame, Config(judge_limit=4, min_judge_score=3))
+    assert ctx.llm.asked == 4
+    assert out["judge_score"].to_list() == [None, None, 2, 5, 1, 3]
+    assert out["drop_reason"].to_list() == ["below_quality"] * 3 + [None, "below_quality", None]
+    assert out["drop_detail"][0].startswith("not judged")
