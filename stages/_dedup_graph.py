@@ -96,7 +96,8 @@ def _round(u, v, sim, keeper):
             elif state == UNDECIDED and (sim[j] > open_sim or (sim[j] == open_sim and u[j] < open_)):
                 open_, open_sim = u[j], sim[j]
             j += 1
-        if open_ < 0 or (kept >= 0 and (kept_sim > open_sim or (kept_sim == open_sim and kept < open_))):
+        beats = kept_sim > open_sim or (kept_sim == open_sim and kept < open_)
+        if open_ < 0 or (kept >= 0 and beats):
             nodes[count], keepers[count] = v[i], kept
             sims[count] = kept_sim if kept >= 0 else 0.0
             count += 1

@@ -72,8 +72,9 @@ def largest_first(units: list[Unit]) -> list[Unit]:
 def read_unit(unit: Unit, columns: list[str]) -> Iterator[tuple[int, pa.RecordBatch]]:
     """(number of the first document, batch) over the unit, ``BATCH_ROWS`` rows at a time."""
     start = unit.first
-    for batch in pq.ParquetFile(unit.file).iter_batches(batch_size=BATCH_ROWS, row_groups=list(unit.groups),
-                                                        columns=columns):
+    batches = pq.ParquetFile(unit.file).iter_batches(batch_size=BATCH_ROWS, columns=columns,
+                                                     row_groups=list(unit.groups))
+    for batch in batches:
         yield start, batch
         start += batch.num_rows
 
@@ -111,7 +112,8 @@ def signature_task(unit: Unit, config, out: str) -> dict:
     frames, empty, shingles = [], 0, 0
     for start, batch in read_unit(unit, [config.text_column]):
         values, offsets = mh.shingle_sets_of(batch.column(0), config.ngram, config.unit, unique=False)
-        keys = mh.band_keys(mh.signatures(values, offsets, a, b, config.scheme == "legacy"), bands, rows)
+        sig = mh.signatures(values, offsets, a, b, config.scheme == "legacy")
+        keys = mh.band_keys(sig, bands, rows)
         has = np.diff(offsets) > 0
         docs = start + np.flatnonzero(has)
         frames.append(pl.DataFrame({"doc": np.repeat(docs, bands),
@@ -120,7 +122,8 @@ def signature_task(unit: Unit, config, out: str) -> dict:
         empty += int((~has).sum())
         shingles += len(values)
     if frames:
-        write_partitioned(pl.concat(frames), pl.col("key"), config.partitions, out, f"u{unit.index:06d}")
+        write_partitioned(pl.concat(frames), pl.col("key"), config.partitions, out,
+                          f"u{unit.index:06d}")
     return {"docs": unit.rows, "empty": empty, "shingles": shingles}
 
 
@@ -180,7 +183,8 @@ def sets_task(unit: Unit, config, involved: np.ndarray, out: str) -> int:
         if config.verify == "estimate":
             values = mh.signatures(values, offsets, a, b, config.scheme == "legacy").reshape(-1)
             offsets = np.arange(len(local) + 1, dtype=np.int64) * config.num_perm
-        lists = pa.LargeListArray.from_arrays(pa.array(offsets, pa.int64()), pa.array(values, pa.uint64()))
+        lists = pa.LargeListArray.from_arrays(pa.array(offsets, pa.int64()),
+                                              pa.array(values, pa.uint64()))
         tables.append(pa.table({"doc": pa.array(start + local, pa.int64()), "values": lists}))
     if tables:
         write_partitioned(pl.from_arrow(pa.concat_tables(tables)), pl.col("doc"), config.partitions,
@@ -192,11 +196,11 @@ SETS = {"doc": pl.Int64, "values": pl.List(pl.UInt64)}
 PAIRS = {"a": pl.Int64, "b": pl.Int64}
 
 
-def join_left_task(part: int, pairs: str, sets: str, out: str, config) -> int:
-    """Unique pairs of partition ``part`` with a's set, shuffled by b; without verification,
-    the pairs themselves are the edges (Jaccard taken as 1)."""
+def join_left_task(part: int, pairs: str, sets: str | None, out: str, config) -> int:
+    """Unique pairs of partition ``part`` with a's set, shuffled by b; without verification
+    (``sets`` None), the pairs themselves are the edges (Jaccard taken as 1)."""
     frame = read_partition(pairs, part, PAIRS).unique()
-    if config.verify == "none":
+    if sets is None:
         edges = frame.with_columns(pl.lit(1.0).alias("jaccard"))
         write_partitioned(edges, pl.col("b"), config.partitions, out, f"a{part:04d}")
         return edges.height
