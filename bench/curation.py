@@ -141,13 +141,13 @@ def lima_select(frame: pl.DataFrame, vectors: np.ndarray, method: str) -> dict:
     ordered = vectors[order]
     filter_start = time.perf_counter()
     if method == "kcenter":
-        status, partner, sim = div.kcenter(ordered, cats, caps, 1000, 0.9)
+        status, partner, sim, _ = div.kcenter(ordered, cats, caps, 1000, 0.9)
     else:
-        status, partner, sim = div.Greedy(1000, 0.9, caps).add(ordered, cats)
+        status, partner, sim, _ = div.Greedy(1000, 0.9, caps).add(ordered, cats)
     filter_s = time.perf_counter() - filter_start
-    selected = pool["id"].to_numpy()[status == div.SELECTED]
-    _selection_reasons(status, partner, sim, selected, pool, config)
-    return {"s": time.perf_counter() - start, "filter_s": filter_s, "selected": len(selected),
+    _selection_reasons(status, partner, sim, pool["id"].to_numpy(), pool, config)
+    return {"s": time.perf_counter() - start, "filter_s": filter_s,
+            "selected": int((status == div.SELECTED).sum()),
             "visited": int((status != div.NOT_REACHED).sum()), "order": order}
 
 

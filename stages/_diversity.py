@@ -98,7 +98,8 @@ def _resolve(block, prior_sim, prior_arg, cats, caps, counts, threshold, room, b
 
 
 class Greedy:
-    """Deita's filter over candidates given best first, chunk after chunk."""
+    """Deita's filter over candidates given best first, chunk after chunk. Partners are
+    positions among all the candidates given so far."""
 
     def __init__(self, target: int, threshold: float, caps: np.ndarray, dim: int = 384,
                  block: int = 2048):
@@ -106,18 +107,21 @@ class Greedy:
         self.caps = caps.astype(np.int64)
         self.counts = np.zeros(len(caps), dtype=np.int64)
         self.vectors = np.zeros((target, dim), dtype=np.float32)
-        self.k = 0
+        self.where = np.zeros(target, dtype=np.int64)  # position of each selected candidate
+        self.k = self.seen = 0
 
     @property
     def done(self) -> bool:
         return self.k >= self.target
 
-    def add(self, vectors: np.ndarray, cats: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Status, partner (index into the selection order) and similarity of each candidate."""
+    def add(self, vectors: np.ndarray, cats: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Status, partner (the selected candidate it is nearest to, or itself), similarity and
+        selection rank (-1: not selected) of each candidate."""
         n = len(vectors)
         status = np.full(n, NOT_REACHED, dtype=np.int8)
         partner = np.full(n, -1, dtype=np.int64)
         sim = np.zeros(n, dtype=np.float32)
+        rank = np.full(n, -1, dtype=np.int64)
         for start in range(0, n, self.block):
             if self.done:
                 break
@@ -129,47 +133,53 @@ class Greedy:
             else:
                 prior_arg = np.full(len(part), -1, dtype=np.int64)
                 prior_sim = np.full(len(part), -np.inf, dtype=np.float32)
+            base = self.k
             s, p, v, chosen = _resolve(part, prior_sim.astype(np.float32), prior_arg.astype(np.int64),
                                        cats[start:start + self.block].astype(np.int64), self.caps,
-                                       self.counts, self.threshold, self.target - self.k, self.k)
-            status[start:start + len(part)], partner[start:start + len(part)] = s, p
-            sim[start:start + len(part)] = v
-            self.vectors[self.k:self.k + len(chosen)] = part[chosen]
+                                       self.counts, self.threshold, self.target - self.k, base)
+            self.vectors[base:base + len(chosen)] = part[chosen]
+            self.where[base:base + len(chosen)] = self.seen + start + chosen
             self.k += len(chosen)
-        return status, partner, sim
+            rows = slice(start, start + len(part))
+            status[rows], sim[rows] = s, v
+            partner[rows] = np.where(p >= 0, self.where[np.maximum(p, 0)], -1)
+            rank[start + chosen] = np.arange(base, self.k)
+        self.seen += n
+        return status, partner, sim, rank
 
 
 def kcenter(vectors: np.ndarray, cats: np.ndarray, caps: np.ndarray, target: int,
-            threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            threshold: float) -> tuple[np.ndarray, ...]:
     """k-center greedy from the first (best) candidate; stops early when every remaining
-    candidate is at least ``threshold`` similar to a selected one. Unselected candidates name
-    their nearest selected one (partner: index into the selection order)."""
+    candidate is at least ``threshold`` similar to a selected one. Returns status, partner (the
+    nearest selected candidate), similarity and selection rank, as ``Greedy.add`` does."""
     n = len(vectors)
     status = np.full(n, TOO_SIMILAR, dtype=np.int8)
     nearest_sim = np.full(n, -np.inf, dtype=np.float32)
     nearest = np.full(n, -1, dtype=np.int64)
-    open_ = np.ones(n, dtype=bool)
+    rank = np.full(n, -1, dtype=np.int64)
+    open_ = caps[cats] != 0 if n else np.zeros(0, dtype=bool)
     counts = np.zeros(len(caps), dtype=np.int64)
-    pick, k = (0 if n else -1), 0
+    pick, k = (int(np.argmax(open_)) if open_.any() else -1), 0
     while pick >= 0 and k < target:
-        status[pick], open_[pick] = SELECTED, False
-        nearest[pick], nearest_sim[pick] = k, 1.0
+        status[pick], open_[pick], rank[pick] = SELECTED, False, k
+        nearest[pick], nearest_sim[pick] = pick, 1.0
         c = cats[pick]
         counts[c] += 1
         if 0 <= caps[c] <= counts[c]:
             open_ &= cats != c
         sims = vectors @ vectors[pick]
         closer = (sims > nearest_sim) & (status != SELECTED)
-        nearest[closer], nearest_sim[closer] = k, sims[closer]
+        nearest[closer], nearest_sim[closer] = pick, sims[closer]
         k += 1
         left = np.flatnonzero(open_)
         if not len(left):
             break
         best = left[np.argmin(nearest_sim[left])]  # ties: the better candidate (lower index)
         pick = best if nearest_sim[best] < threshold else -1
-    full = np.array([0 <= caps[c] <= counts[c] for c in cats], dtype=bool) if n else np.zeros(0, bool)
+    full = (caps[cats] >= 0) & (counts[cats] >= caps[cats]) if n else np.zeros(0, dtype=bool)
     status[(status != SELECTED) & full] = QUOTA_FULL
-    return status, nearest, nearest_sim
+    return status, nearest, nearest_sim, rank
 
 
 def pca2(vectors: np.ndarray) -> np.ndarray:

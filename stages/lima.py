@@ -209,9 +209,9 @@ def caps_for(categories: list[str], config: Config) -> np.ndarray:
     return np.array([config.quotas.get(c, share) for c in categories], dtype=np.int64)
 
 
-def select(ctx: GlobalContext, pool: pl.DataFrame, config: Config):
-    """Status, partner (selection order) and similarity per pool row (best first), and the
-    embeddings of the rows it visited."""
+def select(ctx: GlobalContext, pool: pl.DataFrame, config: Config) -> tuple[np.ndarray, ...]:
+    """Status, partner (pool position), similarity and selection rank per pool row (best
+    first), and the embeddings of the rows it visited."""
     cat_names = pool["category"].unique(maintain_order=True).to_list()
     cats = pool["category"].replace_strict(cat_names, list(range(len(cat_names))),
                                            return_dtype=pl.Int64).to_numpy()
@@ -223,7 +223,7 @@ def select(ctx: GlobalContext, pool: pl.DataFrame, config: Config):
                 vectors)
     greedy = div.Greedy(config.target, config.similarity_threshold, caps)
     out = [np.full(len(texts), div.NOT_REACHED, np.int8), np.full(len(texts), -1, np.int64),
-           np.zeros(len(texts), np.float32)]
+           np.zeros(len(texts), np.float32), np.full(len(texts), -1, np.int64)]
     chunks = []
     for start in range(0, len(texts), config.embed_chunk):
         if greedy.done:
@@ -263,15 +263,13 @@ def run(ctx: GlobalContext, config: Config) -> Decisions:
     frame = frame.with_row_index("_row")
     pool = frame.filter(pl.col(DROP_REASON).is_null()).sort(
         order, descending=[True, True, True, False], nulls_last=True)
-    status, partner, sim, vectors = select(ctx, pool, config)
-    selected = pool["id"].to_numpy()[status == div.SELECTED]
-    rank = np.full(frame.height, None, dtype=object)
-    rank[pool["_row"].to_numpy()[status == div.SELECTED]] = range(len(selected))
-    reasons, details = _selection_reasons(status, partner, sim, selected, pool, config)
+    status, partner, sim, rank, vectors = select(ctx, pool, config)
+    reasons, details = _selection_reasons(status, partner, sim, pool["id"].to_numpy(), pool, config)
     rows = pool["_row"].cast(pl.Int64)
+    ranks = pl.Series("selection_rank", [None] * frame.height, dtype=pl.Int64).scatter(
+        rows, pl.Series(rank).replace(-1, None))
     frame = frame.with_columns(frame[DROP_REASON].scatter(rows, reasons),
-                               frame[DROP_DETAIL].scatter(rows, details),
-                               pl.Series("selection_rank", rank.tolist(), dtype=pl.Int64))
+                               frame[DROP_DETAIL].scatter(rows, details), ranks)
     info = selection_info(frame, pool, status, vectors, config, ctx.artifact_dir)
     columns = ["id", DROP_REASON, DROP_DETAIL, "selection_rank"] + \
         (["judge_score", "judge_reason"] if config.judge else [])
@@ -310,13 +308,13 @@ def _set_reason(frame: pl.DataFrame, where: pl.Expr, reason, detail: pl.Expr) ->
         pl.when(where).then(detail).otherwise(pl.col(DROP_DETAIL)).alias(DROP_DETAIL))
 
 
-def _selection_reasons(status, partner, sim, selected, pool: pl.DataFrame, config: Config):
+def _selection_reasons(status, partner, sim, ids, pool: pl.DataFrame, config: Config):
     reasons = np.full(len(status), None, dtype=object)
     details = np.full(len(status), None, dtype=object)
     cats = pool["category"].to_list()
     for i in np.flatnonzero(status != div.SELECTED).tolist():
         if status[i] == div.TOO_SIMILAR:
-            reasons[i] = f"too_similar_to:{selected[partner[i]]}"
+            reasons[i] = f"too_similar_to:{ids[partner[i]]}"
             details[i] = f"cosine {sim[i]:.3f} (threshold {config.similarity_threshold})"
         elif status[i] == div.QUOTA_FULL:
             reasons[i], details[i] = "quota_full", f"category {cats[i]!r} is full"

@@ -79,9 +79,14 @@ def test_greedy_blocks_and_chunks_equal_the_plain_loop_and_quotas_hold():
     caps = np.array([40, -1, -1])
     expected = plain_greedy(vectors, cats, caps, 200, 0.9)
     greedy = div.Greedy(200, 0.9, caps, block=64)
-    status = np.concatenate([greedy.add(vectors[s:s + 500], cats[s:s + 500])[0]
-                             for s in range(0, len(vectors), 500)])
+    parts = [greedy.add(vectors[s:s + 500], cats[s:s + 500]) for s in range(0, len(vectors), 500)]
+    status, partner, sim, rank = (np.concatenate(arrays) for arrays in zip(*parts))
     assert (status == expected).all()
+    similar = np.flatnonzero(status == div.TOO_SIMILAR)
+    assert (status[partner[similar]] == div.SELECTED).all() and (sim[similar] >= 0.9).all()
+    assert np.allclose(sim[similar], (vectors[similar] * vectors[partner[similar]]).sum(axis=1), atol=1e-4)
+    assert (rank[partner[similar]] < np.searchsorted(np.flatnonzero(status == 0), similar)).all()
+    assert sorted(rank[status == div.SELECTED]) == list(range(200))
     assert (status == div.SELECTED).sum() == 200
     assert ((status == div.SELECTED) & (cats == 0)).sum() == 40
     assert {div.TOO_SIMILAR, div.QUOTA_FULL, div.NOT_REACHED} <= set(status.tolist())
@@ -93,10 +98,11 @@ def test_greedy_blocks_and_chunks_equal_the_plain_loop_and_quotas_hold():
 def test_kcenter_spreads_over_clusters_and_stops_at_near_copies():
     vectors = clustered(400, 8, 0.05)
     cats = np.zeros(len(vectors), dtype=np.int64)
-    status, nearest, sim = div.kcenter(vectors, cats, np.array([-1]), 50, 0.9)
+    status, nearest, sim, rank = div.kcenter(vectors, cats, np.array([-1]), 50, 0.9)
     assert (status == div.SELECTED).sum() == 8  # one per cluster, then only near-copies remain
-    assert (sim[status == div.TOO_SIMILAR] >= 0.9).all()
-    status, _, _ = div.kcenter(vectors, cats, np.array([3]), 50, 0.9)
+    assert (sim[status == div.TOO_SIMILAR] >= 0.9).all() and (status[nearest] == div.SELECTED).all()
+    assert rank[0] == 0 and sorted(rank[status == div.SELECTED]) == list(range(8))
+    status, _, _, _ = div.kcenter(vectors, cats, np.array([3]), 50, 0.9)
     assert (status == div.SELECTED).sum() == 3 and (status == div.QUOTA_FULL).sum() == 397
 
 
