@@ -3,7 +3,7 @@
 Documents are numbered by position (input files in order, then reference files), so every
 shuffle carries int64 numbers, never id strings. A unit is a run of Parquet row groups of one
 file; partition ``p`` of a shuffle is the folder ``<dir>/p{p:04d}/``, one file per writer task,
-named after the task, so a retried task rewrites its own files.
+named after the task, so a retried task rewrites its own files (Arrow IPC, see ``write_part``).
 
     signature_task  unit      -> bands/p(key)     doc, band, key
     candidate_task  partition -> pairs/p(a)       a, b             (returns the documents seen)
@@ -17,6 +17,7 @@ numbers of the documents that have candidates.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from pipeline import io
 from stages import _minhash as mh
 
 UNIT_BYTES = 8 * 2**20  # small row groups of one file are grouped up to this size into one task
+PARTITION_BYTES = 256 * 2**20  # automatic partitions: one per this much input, 4 to 256
 BATCH_ROWS = 2048  # rows shingled at once inside a task: bounds the shingle arrays
 
 
@@ -64,6 +66,12 @@ def plan_units(files: list[Path], first: int = 0, index: int = 0) -> list[Unit]:
     return units
 
 
+def auto_partitions(units: list[Unit]) -> int:
+    """Shuffle partitions for this input: enough for the workers, few enough that the files
+    (one per writer and partition) stay few."""
+    return int(np.clip(-(-sum(u.nbytes for u in units) // PARTITION_BYTES), 4, 256))
+
+
 def largest_first(units: list[Unit]) -> list[Unit]:
     """Tasks start in submission order: the big ones first balance the workers."""
     return sorted(units, key=lambda u: -u.nbytes)
@@ -85,19 +93,24 @@ def folder(root: str, part: int) -> Path:
 
 def read_partition(root: str, part: int, schema: dict) -> pl.DataFrame:
     """All files of one partition (an empty frame of ``schema`` when there are none)."""
-    files = io.parquet_parts(folder(root, part))
-    return pl.read_parquet(files) if files else pl.DataFrame(schema=schema)
+    files = sorted(folder(root, part).glob("*.arrow"))
+    return pl.concat([pl.read_ipc(f) for f in files]) if files \
+        else pl.DataFrame(schema=schema)
 
 
 def write_part(frame: pl.DataFrame, root: str, part: int, name: str = "edges") -> None:
-    """``frame`` as ``root/p{part}/name.parquet`` (nothing when empty)."""
+    """``frame`` as ``root/p{part}/name.arrow`` (nothing when empty). Arrow IPC, uncompressed:
+    hashes do not compress, and Parquet's encoders cost more than the disk they would save."""
     if frame.height:
-        folder(root, part).mkdir(parents=True, exist_ok=True)
-        io.write_parquet_atomic(frame.to_arrow(), folder(root, part) / f"{name}.parquet")
+        path = folder(root, part) / f"{name}.arrow"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = io.temp_sibling(path)
+        frame.write_ipc(tmp, compression="uncompressed")
+        os.replace(tmp, path)
 
 
 def write_partitioned(frame: pl.DataFrame, by: pl.Expr, partitions: int, root: str, name: str) -> None:
-    """Rows of ``frame`` to ``root/p{by % partitions}/name.parquet``."""
+    """Rows of ``frame`` to ``root/p{by % partitions}/name.arrow``."""
     if not frame.height:
         return
     frame = frame.with_columns((by % partitions).cast(pl.Int64).alias("_part"))

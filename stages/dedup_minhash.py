@@ -81,7 +81,8 @@ class Config(BaseModel):
     verify: Literal["exact", "estimate", "none"] = "exact"
     keep: Literal["first", "lowest_id", "longest", "highest"] = "first"
     column: str | None = None
-    partitions: int = Field(default=8, ge=1, description="shuffle partitions for bands and pairs")
+    partitions: int | None = Field(default=None, ge=1, description="shuffle partitions; default: "
+                                   "one per 256 MB of input, 4 to 256")
     max_bucket: int = Field(default=50, ge=2, description="larger buckets pair neighbours only")
     reference: list[str] = Field(default_factory=list)
     clusters: Literal["auto", "local", "distributed"] = "auto"
@@ -156,12 +157,13 @@ def run(ctx: GlobalContext, config: Config) -> Decisions:
 
     work = {name: str(ctx.scratch_dir / name)
             for name in ("bands", "pairs", "sets", "joined", "edges", "rounds")}
-    parts = list(range(config.partitions))
     units = sh.plan_units(ctx.input_files)
     inputs = sum(u.rows for u in units)
     ref_files = [p for r in config.reference for p in (io.parquet_parts(Path(r)) or [Path(r)])]
     ref_units = sh.plan_units(ref_files, first=inputs, index=len(units))
     order = sh.largest_first(units + ref_units)
+    config = config.model_copy(update={"partitions": config.partitions or sh.auto_partitions(order)})
+    parts = list(range(config.partitions))
     counts = ctx.run_tasks(sh.signature_task, order, config=config, out=work["bands"])
     empty = sum(c["empty"] for u, c in zip(order, counts) if u.index < len(units))
     lap("signatures_s")
@@ -191,6 +193,7 @@ def run(ctx: GlobalContext, config: Config) -> Decisions:
         "false_negative_probability": _false_negative_probability(config.threshold, bands, rows),
         "documents": inputs, "empty_documents": empty, "candidate_pairs": candidates,
         "verified_pairs": edges, "clusters": mode, "cluster_rounds": rounds,
+        "partitions": config.partitions, "units": len(order),
         "near_duplicates": int((table["drop_reason"] == "near_duplicate").sum()),
         "reference_duplicates": int((table["drop_reason"] == "reference_duplicate").sum()),
         "cluster_sizes": size_histogram(table), "timings": timings,
