@@ -122,7 +122,7 @@ class PipelineConfig(Strict):
         return [s.name for s in self.stages]
 
     def needs_llm(self, only: list[str] | None = None) -> bool:
-        return any(getattr(s.module, "USES_LLM", False) for s in self.stages
+        return any(stage_api.uses_llm(s.module, s.config) for s in self.stages
                    if s.enabled and (only is None or s.name in only))
 
     @property

@@ -35,6 +35,23 @@ def check(record: dict) -> None:
         )
 
 
+def group_reasons(reasons: dict[str, int], most: int = 50) -> dict[str, int]:
+    """Reasons sorted; past ``most`` distinct ones, ``prefix:qualifier`` reasons whose prefix has
+    many qualifiers (``too_similar_to:<id>``) are counted as ``prefix:*``."""
+    if len(reasons) <= most:
+        return dict(sorted(reasons.items()))
+    prefixes: dict[str, int] = {}
+    for reason in reasons:
+        if ":" in reason:
+            prefixes[reason.split(":", 1)[0]] = prefixes.get(reason.split(":", 1)[0], 0) + 1
+    grouped: dict[str, int] = {}
+    for reason, count in reasons.items():
+        prefix = reason.split(":", 1)[0]
+        key = f"{prefix}:*" if ":" in reason and prefixes[prefix] > 10 else reason
+        grouped[key] = grouped.get(key, 0) + count
+    return dict(sorted(grouped.items()))
+
+
 def write_success(folder: Path, record: dict) -> None:
     check(record)
     io.write_text_atomic(folder / SUCCESS, json.dumps(record, indent=2, sort_keys=True, default=str))

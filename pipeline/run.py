@@ -34,6 +34,7 @@ from pipeline import card, io, ledger, runner
 from pipeline.config import PipelineConfig, StageEntry
 from pipeline.serve import Teacher
 from pipeline.stage import Decisions, Records, role_of
+from pipeline.stage import uses_llm as stage_uses_llm
 
 log = logging.getLogger("pipeline")
 
@@ -216,7 +217,7 @@ def _stage(cfg: PipelineConfig, index: int, entry: StageEntry, upstream: str | N
         input_fp = by_name[upstream]["output_fingerprint"]
         if entry.uses:
             input_fp = io.fingerprint([input_fp] + [by_name[u]["output_fingerprint"] for u in entry.uses])
-        uses_llm = getattr(entry.module, "USES_LLM", False)
+        uses_llm = stage_uses_llm(entry.module, entry.config)
         extra_hook = getattr(entry.module, "hash_extra", None)  # e.g. the prompt template's hash
         config_hash = entry.config_hash([
             cfg.llm.model_dump(include=LLM_OUTPUT_KEYS) if uses_llm else None,
@@ -260,7 +261,7 @@ def _stage(cfg: PipelineConfig, index: int, entry: StageEntry, upstream: str | N
         "role": role, "input": upstream, "config_hash": config_hash, "input_fingerprint": input_fp,
         "config": entry.config.model_dump(mode="json"),
         "rows_in": rows_in, "rows_kept": totals["kept"], "rows_rejected": totals["rows"] - totals["kept"],
-        "rejected_by_reason": dict(sorted(totals["reasons"].items())),
+        "rejected_by_reason": ledger.group_reasons(totals["reasons"]),
         "output_fingerprint": io.fingerprint([config_hash, input_fp,
                                               [(p.name, p.stat().st_size) for p in parts]]),
         "bytes_kept": sum(p.stat().st_size for p in parts),
@@ -290,7 +291,7 @@ def _run_non_source(cfg: PipelineConfig, entry: StageEntry, role: str, input_fil
     module = entry.module
     if not input_files:
         return {"rows": 0, "kept": 0, "reasons": {}}
-    llm = executor.llm_for(entry.name, cfg.llm.model) if getattr(module, "USES_LLM", False) else None
+    llm = executor.llm_for(entry.name, cfg.llm.model) if stage_uses_llm(module, entry.config) else None
     if role == "record":
         totals = executor.record(input_files, module.__name__, entry.config, tmp_out, tmp_rej,
                                  entry.name, llm)

@@ -18,7 +18,8 @@ Every batch a stage returns carries ``drop_reason`` (short snake_case, optionall
 writes kept rows (without those two columns) to the stage output and the others, with a
 ``stage`` column, to ``rejected/``. A module may also define ``card_section(record, plot_dir)``
 returning Markdown for the dataset card, from the ``info`` it stored in its ledger record, and
-``hash_extra(config)`` returning anything else its output depends on (a prompt template's hash).
+``hash_extra(config)`` returning anything else its output depends on (a prompt template's hash),
+and ``uses_llm(config)`` when only some configs call the LLM (no teacher starts otherwise).
 """
 
 from __future__ import annotations
@@ -67,6 +68,13 @@ def load_stage_module(kind: str) -> ModuleType:
     if role_of(module) == "source" and not callable(getattr(module, "plan", None)):
         raise StageLoadError(f"{name} defines read() but no plan()")
     return module
+
+
+def uses_llm(module: ModuleType, config: Any) -> bool:
+    """Whether a stage calls the LLM with this config: ``uses_llm(config)`` if the module
+    defines it (e.g. a judge that can be switched off), else its ``USES_LLM`` flag."""
+    hook = getattr(module, "uses_llm", None)
+    return bool(hook(config)) if callable(hook) else bool(getattr(module, "USES_LLM", False))
 
 
 def with_reasons(table: pa.Table, reasons: pa.Array | list, details: Any = None) -> pa.Table:

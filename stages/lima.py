@@ -54,6 +54,12 @@ from stages._selection_report import card_section, selection_info  # noqa: F401
 VERSION = "1"
 USES_LLM = True
 
+
+def uses_llm(config: Config) -> bool:
+    """The teacher is needed only for the judge."""
+    return config.judge
+
+
 REFUSALS = [r"\bas an ai\b", r"\bas a(n ai)? language model\b", r"\bi'?m (sorry|afraid),? but i\b",
             r"\bi (cannot|can'?t|am unable to|am not able to) (help|assist|provide|fulfil|comply|answer)",
             r"\bi don'?t have (personal|access to real)", r"\bmy knowledge cut-?off\b",

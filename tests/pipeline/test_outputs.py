@@ -85,3 +85,15 @@ def test_rerun_keeps_published_dataset(finished_run, quiet_console):
     again = run_pipeline(cfg, console=quiet_console)
     assert again.ran == []
     assert (folder / "README.md").stat().st_mtime_ns == stamp
+
+
+def test_many_qualified_reasons_are_grouped_by_prefix():
+    from pipeline.ledger import group_reasons
+
+    few = {"too_short": 3, "too_similar_to:a": 1}
+    assert group_reasons(few) == few
+    many = {f"too_similar_to:{i}": 2 for i in range(60)} | {"rule:empty": 4, "rule:refusal": 1,
+                                                            "below_quality": 7}
+    grouped = group_reasons(many)
+    assert grouped == {"below_quality": 7, "rule:empty": 4, "rule:refusal": 1, "too_similar_to:*": 120}
+    assert sum(grouped.values()) == sum(many.values())

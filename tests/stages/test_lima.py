@@ -240,3 +240,11 @@ def test_judge_limit_spends_the_budget_on_the_longest_candidates():
     assert out["judge_score"].to_list() == [None, None, 2, 5, 1, 3]
     assert out["drop_reason"].to_list() == ["below_quality"] * 3 + [None, "below_quality", None]
     assert out["drop_detail"][0].startswith("not judged")
+
+
+def test_no_teacher_is_needed_without_the_judge(tmp_path):
+    write_jsonl(tmp_path / "data" / "a.jsonl", [{"text": "x"}])
+    sources = '[[sources]]\nname = "d"\nkind = "jsonl"\npath = "data"\n'
+    for judge, needed in (("true", True), ("false", False)):
+        cfg = load_config(make_config(tmp_path, sources, f"[stages.ingest]\n[stages.lima]\njudge = {judge}\n"))
+        assert cfg.needs_llm() is needed
