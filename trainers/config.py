@@ -75,6 +75,7 @@ class PretrainConfig(LoopConfig):
     text_column: str = "text"
     tokenizer: str = "tokenizer"  # a [train.*] tokenizer, a tokenizer folder, or a model folder
     preset: str = "phi-tiny"  # see trainers/models.py PRESETS
+    sample: float = Field(default=1.0, gt=0, le=1)  # tokenize this fraction of the documents
     model: dict[str, Any] = Field(default_factory=dict)  # PhiConfig overrides
 
 
@@ -133,6 +134,7 @@ class EvalConfig(Strict):
     seq_len: int = Field(default=256, ge=8)  # keep equal to the pretraining's: held-out blocks
     eval_fraction: float = Field(default=0.02, gt=0, lt=0.5)  # match, as the pretraining cut them
     max_blocks: int = Field(default=64, ge=1)
+    sample: float = Field(default=1.0, gt=0, le=1)  # as the pretraining's: the same documents
     humaneval: int = Field(default=0, ge=0, le=164)  # problems (0: skip; 164: all)
     max_new_tokens: int = Field(default=256, ge=1)
     timeout_s: float = Field(default=10.0, gt=0)

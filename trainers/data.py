@@ -1,7 +1,8 @@
 """Pretraining data: Parquet texts tokenized in parallel into packed token shards, memory-mapped.
 
 ``tokenize_to_shards`` runs one Ray task per Parquet file; each writes ``shard-NNNNN.bin``
-(uint16 when the vocabulary fits, else uint32): every document's tokens followed by EOS. An
+(uint16 when the vocabulary fits, else uint32): every document's tokens followed by EOS
+(optionally only a ``sample`` of the documents, chosen by a hash of their text). An
 ``index.json`` names the shards, their token counts and the fingerprint of the inputs, so a
 rerun reuses the shards. ``PackedBlocks`` cuts the concatenated stream into blocks of
 ``seq_len + 1`` tokens (inputs and next-token targets). ``Split`` holds every
@@ -12,7 +13,9 @@ checkpoint saves, so a resumed run continues at the same token.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +30,18 @@ def _dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 65535 else np.dtype(np.uint32)
 
 
+def sampled(texts: list, fraction: float) -> list[str]:
+    """Non-empty texts, and only the ``fraction`` of them whose CRC-32 falls under it: the same
+    documents whatever file or order they come in, so pretraining and evaluation agree."""
+    texts = [t for t in texts if t]
+    if fraction >= 1.0:
+        return texts
+    cut = fraction * 2**32
+    return [t for t in texts if zlib.crc32(t.encode("utf-8", "surrogatepass")) < cut]
+
+
 def tokenize_file(path: str, tokenizer_dir: str, column: str, out_path: str,
-                  gguf_file: str | None = None) -> dict:
+                  gguf_file: str | None = None, sample: float = 1.0) -> dict:
     """Tokenize one Parquet file's ``column`` into a flat token file (docs joined by EOS)."""
     from trainers.tokenizer import load_tokenizer
 
@@ -43,7 +56,7 @@ def tokenize_file(path: str, tokenizer_dir: str, column: str, out_path: str,
     tmp = Path(out_path + ".tmp")
     with open(tmp, "wb") as fh:
         for batch in parquet.iter_batches(columns=[column], batch_size=512):
-            texts = [t for t in batch.column(0).to_pylist() if t]
+            texts = sampled(batch.column(0).to_pylist(), sample)
             if not texts:
                 continue
             encoded = backend.encode_batch(texts, add_special_tokens=False)
@@ -59,13 +72,21 @@ def tokenize_file(path: str, tokenizer_dir: str, column: str, out_path: str,
     return {"file": Path(out_path).name, "tokens": tokens, "docs": docs}
 
 
+def tokenizer_fingerprint(folder: Path, gguf_file: str | None = None) -> str:
+    """What a tokenizer is: its ``tokenizer.json`` bytes (a copy in another folder is the same)."""
+    vocab = Path(folder) / "tokenizer.json"
+    if vocab.is_file() and not gguf_file:
+        return hashlib.sha256(vocab.read_bytes()).hexdigest()[:16]
+    return f"{folder}/{gguf_file}"
+
+
 def tokenize_to_shards(files: list[Path], tokenizer_dir: Path, column: str, out_dir: Path,
-                       gguf_file: str | None = None) -> dict:
+                       gguf_file: str | None = None, sample: float = 1.0) -> dict:
     """Tokenize every file in parallel on Ray (or reuse shards of the same inputs)."""
     import ray
 
     fingerprint = io.fingerprint([[str(f), f.stat().st_size] for f in files]
-                                 + [str(tokenizer_dir), gguf_file, column])
+                                 + [tokenizer_fingerprint(tokenizer_dir, gguf_file), column, sample])
     index_path = out_dir / INDEX
     if index_path.is_file():
         index = json.loads(index_path.read_text())
@@ -76,7 +97,7 @@ def tokenize_to_shards(files: list[Path], tokenizer_dir: Path, column: str, out_
         old.unlink()
     task = ray.remote(num_cpus=1)(tokenize_file)
     refs = [task.remote(str(f), str(tokenizer_dir), column, str(out_dir / f"shard-{i:05d}.bin"),
-                        gguf_file) for i, f in enumerate(files)]
+                        gguf_file, sample) for i, f in enumerate(files)]
     shards = ray.get(refs)
     from trainers.tokenizer import load_tokenizer
 

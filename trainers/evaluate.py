@@ -91,7 +91,7 @@ def evaluate_model(folder: Path, cfg: EvalConfig, dataset: dict | None, tokens_r
     import torch
     from transformers import AutoModelForCausalLM
 
-    from trainers.data import tokenize_to_shards
+    from trainers.data import tokenize_to_shards, tokenizer_fingerprint
     from trainers.models import quiet_transformers
     from trainers.tokenizer import load_tokenizer
 
@@ -107,9 +107,10 @@ def evaluate_model(folder: Path, cfg: EvalConfig, dataset: dict | None, tokens_r
     tok = load_tokenizer(folder)
     model = AutoModelForCausalLM.from_pretrained(str(folder)).to(device)
     result: dict = {"key": key, "model": str(folder)}
-    if dataset:
-        shard_dir = tokens_root / f"eval-{folder.name}-{key}"
-        tokenize_to_shards(dataset["files"], folder, cfg.text_column, shard_dir)
+    if dataset:  # models with the same tokenizer share the held-out tokens
+        shard_dir = tokens_root / "eval-{}".format(io.fingerprint(
+            [dataset["fingerprint"], cfg.text_column, cfg.sample, tokenizer_fingerprint(folder)]))
+        tokenize_to_shards(dataset["files"], folder, cfg.text_column, shard_dir, sample=cfg.sample)
         result.update(perplexity(model, shard_dir, cfg, device), dataset=dataset["name"])
     if cfg.humaneval:
         result.update(humaneval(model, tok, cfg, device))

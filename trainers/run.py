@@ -195,7 +195,8 @@ def _train_model(cfg, entry: TrainEntry, key: str, datasets: list[dict], bases: 
 
         tok = bases["tokenizer"]
         shard_dir = cfg.run_dir / "tokens" / f"{entry.name}-{key}"
-        index = tokenize_to_shards(job.files, tok.folder, conf.text_column, shard_dir, tok.gguf_file)
+        index = tokenize_to_shards(job.files, tok.folder, conf.text_column, shard_dir, tok.gguf_file,
+                                   conf.sample)
         console.print(f"  {index['docs']:,} documents, {index['tokens']:,} tokens in "
                       f"{len(index['shards'])} shard(s)")
         job.shard_dir = shard_dir
@@ -216,9 +217,11 @@ class _progress_bar:
                             TimeRemainingColumn(), console=console, transient=False)
         self.task = self.bar.add_task(name, total=total, info="")
         self.shown: dict = {}
+        self.console, self.name, self.total = console, name, total
 
     def __enter__(self):
-        self.bar.start()
+        if self.console.is_terminal:
+            self.bar.start()
         return self.update
 
     def update(self, step: int, row: dict) -> None:
@@ -226,7 +229,11 @@ class _progress_bar:
         parts = [f"loss {self.shown['loss']:.3f}" if "loss" in self.shown else "",
                  f"eval {self.shown['eval_loss']:.3f}" if "eval_loss" in self.shown else "",
                  f"{self.shown['tokens_per_s']:,.0f} tok/s" if "tokens_per_s" in self.shown else ""]
-        self.bar.update(self.task, completed=step, info="  ".join(p for p in parts if p))
+        info = "  ".join(p for p in parts if p)
+        self.bar.update(self.task, completed=step, info=info)
+        if not self.console.is_terminal and "tokens_per_s" in row:  # a log file sees no bar
+            self.console.print(f"  {self.name} step {step}/{self.total}  {info}")
 
     def __exit__(self, *exc) -> None:
-        self.bar.stop()
+        if self.console.is_terminal:
+            self.bar.stop()

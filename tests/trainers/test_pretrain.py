@@ -120,3 +120,21 @@ def test_nonfinite_loss_stops_with_a_clear_error(tmp_path, tokenizer_dir, shards
                        max_nonfinite_steps=2, max_steps=30)
     with pytest.raises(TrainingError, match="steps in a row skipped"):
         execute(job)
+
+
+def test_document_sample_is_the_same_whatever_the_file_layout(tmp_path, corpus, tokenizer_dir, ray_local):
+    import pyarrow.parquet as pq
+
+    from trainers.data import sampled, tokenize_to_shards
+
+    texts = pq.read_table(corpus)["text"].to_pylist()
+    half = sampled(texts, 0.5)
+    assert 0.2 < len(half) / len(texts) < 0.8
+    assert sampled(list(reversed(texts)), 0.5) == list(reversed(half))
+    whole = tokenize_to_shards([corpus], tokenizer_dir, "text", tmp_path / "a", sample=0.5)
+    table = pq.read_table(corpus)
+    pq.write_table(table.slice(0, 10), tmp_path / "one.parquet")
+    pq.write_table(table.slice(10), tmp_path / "two.parquet")
+    split = tokenize_to_shards([tmp_path / "one.parquet", tmp_path / "two.parquet"], tokenizer_dir,
+                               "text", tmp_path / "b", sample=0.5)
+    assert whole["docs"] == split["docs"] == len(half) and whole["tokens"] == split["tokens"]
