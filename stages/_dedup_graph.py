@@ -5,14 +5,17 @@ first). Both paths give the decisions of the sequential greedy of ``stages/_clus
 node order, a node joins its most similar kept earlier neighbour (ties: the earliest), otherwise
 it is kept.
 
-- local: every verified edge is read by the driver and the numba greedy runs once (about
-  35 bytes and 0.2 microseconds per edge).
+- local: every verified edge is read by the driver and the numba greedy runs once (measured
+  on 2 cores: 2M edges in 0.3 s; 20M edges in 12 s with about 85 bytes per edge of driver
+  memory at the peak).
 - distributed: edges stay in partitions by their later node. Each round, every partition
   decides the nodes whose outcome is already fixed: a node whose earlier neighbours are all
   decided, or one whose best kept neighbour beats every undecided one (higher similarity, or
   equal and earlier); the others wait. Only the node states (8 bytes per node) are broadcast,
   and edges of decided nodes are dropped. The rounds follow the longest chain of waiting
   nodes; once the undecided edges fit ``local_edges``, the driver finishes with the greedy.
+  The driver holds 40 bytes per node. On 2 workers: 2M edges in 6 s (11 rounds), 20M in 35 s;
+  it pays off where the edges do not fit one machine, not in speed.
 """
 
 from __future__ import annotations
@@ -55,7 +58,8 @@ class Graph:
 
 
 def _greedy_on(frame: pl.DataFrame, keeper: np.ndarray, best: np.ndarray) -> None:
-    greedy_clusters(frame["u"].to_numpy(), frame["v"].to_numpy(), frame["sim"].to_numpy(), keeper, best)
+    greedy_clusters(frame["u"].to_numpy(), frame["v"].to_numpy(), frame["sim"].to_numpy(),
+                    keeper, best)
 
 
 def local(graph: Graph, edges: str, partitions: int) -> tuple[np.ndarray, np.ndarray]:
