@@ -44,7 +44,9 @@ def _model(max_tokens: int):
     for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
         os.environ[name] = "1"
     from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # no weight-loading bars inside the run's output
     model = SentenceTransformer(str(model_dir()), device="cpu", local_files_only=True)
     model.max_seq_length = min(max_tokens, model.max_seq_length)
     return model
