@@ -105,7 +105,14 @@ def test_init_templates_parse(tmp_path, capsys):
     cfg = load_config(tmp_path / "code" / "pipeline.toml")
     assert [s.name for s in cfg.sources] == ["stdlib", "site-packages"]
     assert Path(cfg.sources[0].path).is_dir() and "{" not in cfg.sources[0].path
-    assert cfg.stage_names() == ["ingest", "dedup_exact", "dedup_minhash", "heuristics", "annotate", "quality"]
+    assert cfg.stage_names() == [
+        "ingest", "dedup_exact", "dedup_minhash", "heuristics", "annotate", "quality", "decontaminate",
+        "textbooks", "textbooks_exact", "textbooks_near", "exercises", "self_instruct", "orca",
+        "instructions_decontaminate", "lima", "preferences"]
+    assert [(t.name, t.objective) for t in cfg.train] == [
+        ("tokenizer", "tokenizer"), ("pretrain", "pretrain"), ("sft", "sft"), ("dpo", "dpo")]
+    assert set(cfg.eval.models) == {"pretrain", "sft", "dpo"}
+    assert {spec.from_stage for spec in cfg.datasets.values()} <= set(cfg.stage_names())
     assert main(["init", str(tmp_path / "blank")]) == 0
     assert load_config(tmp_path / "blank" / "pipeline.toml").run.name == "blank"
     assert main(["init", str(tmp_path / "blank")]) == 2  # no overwrite without --force
