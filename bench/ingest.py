@@ -9,7 +9,6 @@ baseline that only reads and decodes the same files. Writes ``bench/results/inge
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import tempfile
@@ -22,6 +21,7 @@ from rich.console import Console
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench._results import write  # noqa: E402
 from pipeline.cli import main as cli  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.run import run_pipeline  # noqa: E402
@@ -80,10 +80,7 @@ def main() -> None:
         "stage_wall_s_1_worker": one["wall_s"],
         "stage_wall_s_2_workers": two["wall_s"],
     }
-    out = ROOT / "bench" / "results" / "ingest.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results, indent=2))
+    write("ingest", results)
 
 
 if __name__ == "__main__":

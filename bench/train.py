@@ -25,6 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench._results import write  # noqa: E402
+
 SEQ, BATCH, STEPS, WARMUP = 256, 8, 25, 4
 END = STEPS - 1  # the last step also evaluates and saves: time the steps before it
 
@@ -134,10 +136,7 @@ def main() -> None:
         "hf_trainer_peak_rss_mb": round(hf["peak_rss_mb"], 1),
     }
     result["ratio_vs_hf_trainer"] = round(result["ours_tokens_per_s"] / result["hf_trainer_tokens_per_s"], 3)
-    out = ROOT / "bench" / "results" / "train.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write("train", result)
 
 
 if __name__ == "__main__":

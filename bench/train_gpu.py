@@ -23,6 +23,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench._results import write  # noqa: E402
+
 
 def random_shards(folder: Path, vocab: int, tokens: int) -> Path:
     rng = np.random.default_rng(0)
@@ -76,10 +78,10 @@ def main() -> None:
         "peak_gpu_mem_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2)
         if rt.device.type == "cuda" else None,
     }
-    print(json.dumps(result, indent=2))
-    if not args.smoke:
-        out = ROOT / "bench" / "results" / "train_gpu.json"
-        out.write_text(json.dumps(result, indent=2) + "\n")
+    if args.smoke:
+        print(json.dumps(result, indent=2))
+    else:
+        write("train_gpu", result)
 
 
 if __name__ == "__main__":
