@@ -19,13 +19,13 @@ signatures, pairs or shingle sets:
    with a verified edge to an already kept document becomes a duplicate of the most similar
    one, otherwise it is kept. Every dropped document is within the threshold of the document it
    names, so clusters do not chain unrelated documents the way connected components over raw
-   candidates do. ``clusters = "local"`` runs this greedy on the driver (numba; 2M edges in
-   0.3 s, about 85 bytes of driver memory per edge); ``"distributed"`` reaches the same
+   candidates do. ``clusters = "local"`` runs this greedy on the driver (numba; 20M edges in
+   4 s, about 75 bytes of driver memory per edge); ``"distributed"`` reaches the same
    decisions in rounds over edge partitions (``stages/_dedup_graph.py``: 40 bytes per paired
-   document on the driver, edges stay in their partitions; 20x slower than the driver at 2M
-   edges on 2 workers, 3x at 20M); ``"auto"`` (the default) is local up to ``local_edges``
-   verified edges (20M: about 1.7 GB of driver memory, 12 s here) and rounds above, finishing
-   on the driver once the undecided edges fit.
+   document on the driver, edges stay in their partitions; on 2 workers 10-15x slower than
+   the driver at 2M edges, 3.5x at 20M); ``"auto"`` (the default) is local up to
+   ``local_edges`` verified edges (20M: about 1.4 GB of driver memory) and rounds above,
+   finishing on the driver once the undecided edges fit.
 
 Bands x rows come from datasketch's own optimizer for the threshold. Candidates are verified,
 so a false positive costs one Jaccard computation while a false negative is a duplicate left
