@@ -37,6 +37,7 @@ from rich.console import Console
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench._results import write  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.run import run_pipeline  # noqa: E402
 from pipeline.runner import RayGlobalContext  # noqa: E402
@@ -277,9 +278,7 @@ def main() -> None:
         "warm_runs_best_of": SESSIONS * WARM_RUNS, "load_average_1min": [round(x, 2) for x in load],
         "clusters_synthetic": clusters,
     }
-    out = ROOT / "bench" / "results" / "dedup.json"
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results, indent=2))
+    write("dedup", results)
 
 
 if __name__ == "__main__":
