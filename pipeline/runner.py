@@ -210,7 +210,7 @@ def _run_read(batch: pa.Table, module: str, config: Any) -> Iterator[pa.Table]:
 
 
 class RowGroups(Datasource):
-    """Parquet parts as runs of row groups: one read task per run, fused with the map after it."""
+    """Parquet parts as runs of row groups, one read task per run (Ray Data reads a file in one task)."""
 
     def __init__(self, files: list[Path], columns: list[str] | None):
         self.columns = columns
