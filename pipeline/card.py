@@ -73,6 +73,12 @@ def publish(cfg, name: str, spec, record: dict, records: list[dict]) -> Path:
                 os.link(part, target)
             except OSError:
                 shutil.copyfile(part, target)
+    schema = io.output_schema(Path(record["path"]))
+    if not parts and schema is not None:  # no rows is still a dataset: one shard, 0 rows
+        empty = schema.empty_table()
+        empty = empty.select(spec.columns) if spec.columns else empty
+        # no row group at all: readers that size batches by the first row group read nothing
+        pq.ParquetWriter(tmp / "data" / "train-00000-of-00001.parquet", empty.schema).close()
     files = io.parquet_parts(tmp / "data")
     (tmp / "README.md").write_text(render(cfg, name, spec, stages, files, tmp), encoding="utf-8")
     (tmp / ".fingerprint").write_text(fp)
@@ -116,6 +122,8 @@ def render(cfg, name: str, spec, stages: list[dict], files: list[Path], folder: 
            f"# {name}", "", spec.description or f"Dataset `{name}` from run `{cfg.run.name}`.", "",
            f"Built by textbook-pipeline; the kept rows of stage `{stages[-1]['folder']}`.", "",
            "## Size", "", f"- rows: {rows:,}", f"- Parquet files: {len(files)} ({nbytes / 1e6:,.1f} MB)"]
+    if rows == 0:
+        out += ["", "## Why this dataset is empty", "", why_empty(stages)]
     out += _length_section(files, schema, plots)
     out += ["", "## Schema", "", "| column | type |", "|---|---|"]
     out += [f"| `{f.name}` | {f.type} |" for f in schema]
@@ -142,6 +150,20 @@ def render(cfg, name: str, spec, stages: list[dict], files: list[Path], folder: 
     if stages:
         out.append("- versions: " + ", ".join(f"{k} {v}" for k, v in stages[-1]["versions"].items()))
     return "\n".join(out) + "\n"
+
+
+def why_empty(stages: list[dict]) -> str:
+    """Which stage of the chain left no row, and for what reasons."""
+    for r in stages:
+        if r["rows_kept"] == 0:
+            if r["rows_in"] == 0:
+                return f"Stage `{r['folder']}` received no rows."
+            reasons = ", ".join(f"`{k}` ({v:,})" for k, v in
+                                sorted(r["rejected_by_reason"].items(), key=lambda kv: -kv[1]))
+            return (f"Stage `{r['folder']}` received {r['rows_in']:,} rows and rejected all of "
+                    f"them: {reasons}. `pipeline inspect RUN --stage {r['stage']} --rejected` "
+                    "shows them.")
+    return "No stage kept a row."
 
 
 def _llm_section(stages: list[dict]) -> list[str]:

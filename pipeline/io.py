@@ -137,3 +137,20 @@ def parquet_parts(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.rglob("*.parquet") if not p.name.startswith("."))
+
+
+EMPTY_SCHEMA = ".schema.arrow"  # the kept schema of a stage that kept no row
+
+
+def write_schema(folder: Path, schema: pa.Schema) -> None:
+    """Record the schema of a stage output that has no part file, for an empty dataset shard."""
+    (folder / EMPTY_SCHEMA).write_bytes(schema.serialize().to_pybytes())
+
+
+def output_schema(folder: Path) -> pa.Schema | None:
+    """The schema of a stage output: of its first part, else the one recorded when it was empty."""
+    parts = parquet_parts(folder)
+    if parts:
+        return pq.read_schema(parts[0])
+    path = folder / EMPTY_SCHEMA
+    return pa.ipc.read_schema(pa.py_buffer(path.read_bytes())) if path.is_file() else None

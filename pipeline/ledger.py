@@ -12,9 +12,10 @@ from pathlib import Path
 import polars as pl
 import pyarrow.parquet as pq
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from pipeline import io
+from pipeline import io, runstate
 from pipeline.stage import DROP_REASON
 
 SUCCESS = "_SUCCESS.json"
@@ -109,9 +110,9 @@ def print_status(run_dir: Path, console: Console | None = None) -> int:
         return 2
     records = funnel(run_dir)
     console.print(funnel_table(records, f"{run_dir.name}: funnel"))
-    unfinished = [f.name for f in stage_folders(run_dir) if read_success(f) is None]
-    for name in unfinished:
-        console.print(f"[yellow]{name}: not finished[/yellow]")
+    state = runstate.read(run_dir)
+    for style, text in runstate.summary_lines(state) if state else []:
+        console.print(f"[{style}]{escape(text)}[/{style}]", highlight=False)
     datasets = run_dir / "datasets"
     if datasets.is_dir():
         for ds in sorted(p for p in datasets.iterdir() if p.is_dir() and not p.name.startswith(".")):

@@ -4,14 +4,21 @@
   ``max_concurrency`` requests in flight. On Ray the runner hosts one client in a single async
   actor per run, so the limit holds for the whole run however many workers send requests.
 - Retries with exponential backoff and full jitter on 429 (honouring ``Retry-After``), 5xx,
-  timeouts and dropped connections; 400/401/403/404/422 fail at once with a clear error.
+  timeouts and dropped connections; 400/401/403/404/422 are not retried.
+- Endpoint failures (a bad key, a wrong URL or model, a dead or failing server) raise
+  :class:`~pipeline.endpoint.EndpointError` through a circuit breaker (``pipeline/endpoint.py``):
+  the stage stops uncommitted. Only a record's own failures become rejected records.
 - A persistent SQLite response cache (WAL, safe for several processes and runs) keyed by a hash
   of (model, messages, sampling parameters, seed, n): a rerun makes no request it already paid for.
 - ``json_model``: asks for JSON, validates it against a pydantic model, and makes a bounded number
   of repair attempts; a completion cut by ``finish_reason == "length"`` is a truncation, never
   parsed as if whole.
-- A call that finally fails is a ``Result`` with ``error`` (``llm_error:429``, ``llm_timeout``,
-  ``llm_truncated``, ``llm_invalid_json`` ...), which stages turn into rejected records.
+- A record's call that finally fails is a ``Result`` with ``error`` (``llm_error:400``,
+  ``llm_timeout``, ``llm_truncated``, ``llm_invalid_json``, ``llm_content_filter`` ...), which
+  stages turn into rejected records.
+- JSON schemas travel in the OpenAI ``json_schema`` form to external endpoints (OpenAI, vLLM,
+  SGLang, llama.cpp, Ollama); an endpoint that rejects the form (a 400/422 naming
+  ``response_format``) moves the client, once, to the next form: ``llama_cpp``, then ``none``.
 - Usage (requests, cache hits, failures, prompt/completion tokens) per stage and model.
 """
 
@@ -24,7 +31,7 @@ import json
 import os
 import random
 import re
-import sqlite3
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +40,11 @@ from typing import Any
 import openai
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from pipeline.cache import ResponseCache
+from pipeline.endpoint import FATAL, Breaker, Endpoint, EndpointError
+
 NO_RETRY = {400, 401, 403, 404, 422}
+SCHEMA_FALLBACK = {"openai": "llama_cpp", "llama_cpp": "none"}
 # the HTTP library the installed openai client is built on (httpx2 in recent releases)
 _HTTP = importlib.import_module("httpx2" if hasattr(openai._base_client, "httpx2") else "httpx")
 
@@ -53,12 +64,16 @@ class LLMConfig(BaseModel):
     max_concurrency: int = Field(default=8, ge=1)
     timeout_s: float = Field(default=120.0, gt=0)
     max_retries: int = Field(default=5, ge=0)
+    reconnect_s: float = Field(default=30.0, ge=0)  # keep retrying a refused connection this long
+    breaker_consecutive: int = Field(default=3, ge=1)  # endpoint failures in a row that stop a stage
+    breaker_window: int = Field(default=20, ge=2)  # ... or half of this many recent requests
     backoff_s: float = Field(default=0.5, gt=0)
     max_backoff_s: float = Field(default=30.0, gt=0)
     repair_attempts: int = Field(default=2, ge=0)
     # how a JSON schema travels with a request: "llama_cpp" (response_format.schema, enforced by
     # a grammar), "openai" (response_format json_schema), "none" (json_object only); "auto" is
-    # llama_cpp for the embedded teacher and none otherwise
+    # llama_cpp for the embedded teacher and openai otherwise, falling back once per run to the
+    # next form (llama_cpp, then none) if the endpoint rejects it
     json_schema: str = Field(default="auto", pattern="^(auto|llama_cpp|openai|none)$")
     cache: str | None = None  # SQLite file; default runs/NAME/llm-cache/cache.sqlite
 
@@ -94,34 +109,6 @@ class Result:
         return self.error is None
 
 
-class ResponseCache:
-    """A SQLite key-value store of completed responses; WAL mode for concurrent writers."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(self.path), timeout=60, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        self._db.commit()
-
-    def get(self, key: str) -> dict | None:
-        row = self._db.execute("SELECT value FROM responses WHERE key = ?", (key,)).fetchone()
-        return json.loads(row[0]) if row else None
-
-    def put(self, key: str, value: dict) -> None:
-        self._db.execute("INSERT OR REPLACE INTO responses (key, value) VALUES (?, ?)",
-                         (key, json.dumps(value)))
-        self._db.commit()
-
-    def __len__(self) -> int:
-        return self._db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
-
-    def close(self) -> None:
-        self._db.close()
-
-
 def extract_json(text: str) -> Any:
     """The JSON object in a completion (tolerating code fences and surrounding prose)."""
     fenced = re.search(r"```(?:json)?\s*(.*?)```", text, re.S)
@@ -133,17 +120,30 @@ def extract_json(text: str) -> Any:
     return obj
 
 
+class _SchemaRejected(Exception):
+    """The endpoint refused the form in which a JSON schema travelled (a 400/422 naming it)."""
+
+    def __init__(self, style: str, detail: str):
+        super().__init__(detail)
+        self.style, self.detail = style, detail
+
+
 class LLMClient:
-    """Async client with a concurrency limit, retries, a response cache and usage counters."""
+    """Async client with a concurrency limit, retries, a circuit breaker, a response cache and
+    usage counters. ``log``: the server's log file, named in endpoint failure messages."""
 
     def __init__(self, config: LLMConfig, base_url: str, cache_path: Path | None = None,
-                 embedded: bool = False):
+                 embedded: bool = False, log: str | None = None):
         self.config = config
-        self.schema_style = ("llama_cpp" if embedded else "none") if config.json_schema == "auto" \
+        self.schema_style = ("llama_cpp" if embedded else "openai") if config.json_schema == "auto" \
             else config.json_schema
         key = os.environ.get(config.api_key_env, "") if config.api_key_env else "no-key"
         if config.api_key_env and not key:
             raise ValueError(f"[llm] api_key_env names {config.api_key_env}, which is not set")
+        endpoint = Endpoint(base_url, config.model, config.api_key_env,
+                            key if config.api_key_env else "", log, embedded)
+        self.breaker = Breaker(endpoint, config.breaker_consecutive, config.breaker_window)
+        self.events: list[str] = []  # what changed during the run (a schema fallback), for the log
         self._client = openai.AsyncOpenAI(base_url=base_url, api_key=key or "no-key",
                                           timeout=config.timeout_s, max_retries=0)
         self._limit = asyncio.Semaphore(config.max_concurrency)  # use the client in one event loop
@@ -173,24 +173,43 @@ class LLMClient:
         return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
 
     async def chat(self, request: Request, stage: str = "") -> Result:
-        params = self.params(request)
-        key = self.cache_key(params)
+        """One request: from the cache, or from the endpoint (then cached when it succeeded).
+        Raises :class:`EndpointError` when the endpoint, not this request, failed."""
         usage = self.usage[(stage, self.config.model)]
-        if self.cache is not None and (hit := self.cache.get(key)) is not None:
-            usage["cache_hits"] += 1
-            return Result(**hit, cached=True)
-        result = await self._call(params, usage)
-        if result.ok and self.cache is not None:
-            self.cache.put(key, {"texts": result.texts, "finish_reasons": result.finish_reasons,
-                                 "prompt_tokens": result.prompt_tokens,
-                                 "completion_tokens": result.completion_tokens})
-        return result
-
-    async def _call(self, params: dict, usage: dict) -> Result:
-        attempt = 0
         while True:
-            wait = None
+            style, params = self.schema_style, self.params(request)
+            key = self.cache_key(params)
+            if self.cache is not None and (hit := self.cache.get(key)) is not None:
+                usage["cache_hits"] += 1
+                return _filtered(Result(**hit, cached=True))
+            try:
+                result = await self._call(params, usage, style)
+            except _SchemaRejected as exc:
+                self._fall_back(exc)
+                continue
+            if result.ok and self.cache is not None:
+                self.cache.put(key, {"texts": result.texts, "finish_reasons": result.finish_reasons,
+                                     "prompt_tokens": result.prompt_tokens,
+                                     "completion_tokens": result.completion_tokens})
+            return _filtered(result)
+
+    def _fall_back(self, exc: _SchemaRejected) -> None:
+        """Move to the next schema form, once per form (concurrent rejections move it once)."""
+        if exc.style != self.schema_style:
+            return
+        self.schema_style = SCHEMA_FALLBACK[exc.style]
+        self.events.append(f"the endpoint rejected JSON schemas in the {exc.style!r} form "
+                           f"({exc.detail[:200]}); using {self.schema_style!r} from now on")
+
+    async def _call(self, params: dict, usage: dict, style: str) -> Result:
+        attempt, started = 0, time.monotonic()
+        while True:
+            wait, status = None, None
+            self.breaker.check()
             async with self._limit:
+                self.breaker.check()
+                if "response_format" in params and style != self.schema_style:
+                    raise _SchemaRejected(style, "")  # queued before a fallback: ask anew
                 usage["requests"] += 1
                 try:
                     # the client's own request path (auth, base URL, status errors) without its
@@ -208,27 +227,54 @@ class LLMClient:
                     completion = int(usage_body.get("completion_tokens") or 0)
                     usage["prompt_tokens"] += prompt
                     usage["completion_tokens"] += completion
+                    self.breaker.success()
                     return Result(texts, reasons, prompt, completion)
                 except openai.APIStatusError as exc:
-                    code = exc.status_code
-                    error, detail = f"llm_error:{code}", _message(exc)
-                    if code in NO_RETRY or (code < 500 and code != 429):
+                    status, kind = exc.status_code, "status"
+                    error, detail = f"llm_error:{status}", _message(exc)
+                    if status in FATAL:
                         usage["failures"] += 1
+                        raise self.breaker.failure(status, kind, detail) from None
+                    if status in NO_RETRY or (status < 500 and status != 429):
+                        self._schema_rejection(params, status, exc, detail)
+                        usage["failures"] += 1
+                        if "content_filter" in detail or "content management" in detail:
+                            error = "llm_content_filter"
+                        if (opened := self.breaker.record_level(status, detail)) is not None:
+                            raise opened from None
                         return Result(error=error, detail=detail)
                     wait = _retry_after(exc)
                 except openai.APITimeoutError as exc:
-                    error, detail = "llm_timeout", str(exc)
+                    kind, error, detail = "timeout", "llm_timeout", str(exc)
                 except openai.APIConnectionError as exc:
-                    error, detail = "llm_connection_error", str(exc)
+                    kind, error, detail = "connection", "llm_connection_error", _connection(exc)
                 except (ValueError, AttributeError, TypeError, KeyError) as exc:
-                    error, detail = "llm_bad_response", f"{type(exc).__name__}: {exc}"
-            if attempt >= self.config.max_retries:
+                    kind, error = "bad_response", "llm_bad_response"
+                    detail = f"{type(exc).__name__}: {exc}"
+            reconnecting = kind == "connection" and time.monotonic() - started < self.config.reconnect_s
+            if attempt >= self.config.max_retries and not reconnecting:
                 usage["failures"] += 1
-                return Result(error=error, detail=f"after {attempt + 1} attempts: {detail}")
+                detail = f"after {attempt + 1} attempts: {detail}"
+                if (opened := self.breaker.failure(status, kind, detail)) is not None:
+                    raise opened
+                return Result(error=error, detail=detail)
             attempt += 1
             usage["retries"] += 1
             backoff = min(self.config.max_backoff_s, self.config.backoff_s * 2 ** (attempt - 1))
+            if kind == "connection":  # a restarting server is back within seconds
+                backoff = min(backoff, 2.0)
             await asyncio.sleep(wait if wait is not None else random.uniform(0, backoff))
+
+    def _schema_rejection(self, params: dict, status: int, exc: openai.APIStatusError,
+                          detail: str) -> None:
+        """Raise :class:`_SchemaRejected` if this 400/422 refuses the schema's form."""
+        form = params.get("response_format") or {}
+        style = "openai" if form.get("type") == "json_schema" else \
+            "llama_cpp" if "schema" in form else None
+        text = f"{detail} {exc.body}".lower()
+        if style and status in (400, 422) and ("response_format" in text or "json_schema" in text
+                                               or "schema" in text):
+            raise _SchemaRejected(style, detail)
 
     async def json_model(self, request: Request, model: type[BaseModel], stage: str = "") -> Result:
         """Ask for a JSON object matching ``model``; repair invalid replies a bounded number of times."""
@@ -268,7 +314,14 @@ class LLMClient:
             progress[0] += 1
             return result
 
-        return list(await asyncio.gather(*(one(r) for r in requests)))
+        results = await asyncio.gather(*(one(r) for r in requests), return_exceptions=True)
+        for item in results:  # the breaker's error first; in-flight answers were cached
+            if isinstance(item, EndpointError):
+                raise item
+        for item in results:
+            if isinstance(item, BaseException):
+                raise item
+        return list(results)
 
     async def close(self) -> None:
         await self._client.close()
@@ -278,6 +331,23 @@ class LLMClient:
     def usage_report(self, stage: str | None = None) -> list[dict]:
         return [{"stage": s, "model": m, **counts} for (s, m), counts in self.usage.items()
                 if stage is None or s == stage]
+
+
+def _filtered(result: Result) -> Result:
+    """A reply whose every choice was stopped by a content filter is that record's failure."""
+    if result.ok and result.finish_reasons and set(result.finish_reasons) == {"content_filter"}:
+        return Result(error="llm_content_filter", detail="finish_reason=content_filter",
+                      texts=result.texts, finish_reasons=result.finish_reasons, cached=result.cached)
+    return result
+
+
+def _connection(exc: openai.APIConnectionError) -> str:
+    """The connection error with its cause (``Connection refused``), not only 'Connection error.'."""
+    cause = exc.__cause__ or exc.__context__
+    while cause is not None and (cause.__cause__ or cause.__context__) is not None \
+            and str(cause) == "":
+        cause = cause.__cause__ or cause.__context__
+    return f"{exc}: {cause}" if cause is not None and str(cause) else str(exc)
 
 
 def _retry_after(exc: openai.APIStatusError) -> float | None:

@@ -11,6 +11,11 @@ A stage is skipped when its record matches its config hash and its input fingerp
 upstream stage's output fingerprint, or the listing of the source files). A stage is written to a
 hidden temporary folder and renamed into place only after the ledger checks out, so a half-done
 stage never looks finished.
+
+The LLM endpoint (and the embedded teacher) starts when the first stage that calls it runs, so a
+rerun whose LLM stages are all unchanged starts none. An endpoint failure stops the run (see
+``pipeline/endpoint.py``); ``run-state.json`` records what finished, failed or never started,
+and ``RunResult.problems`` what was asked for and not done (the CLI exits non-zero on either).
 """
 
 from __future__ import annotations
@@ -18,13 +23,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import platform
-import re
 import shutil
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -32,7 +34,11 @@ from rich.console import Console
 
 from pipeline import card, io, ledger, runner
 from pipeline.config import PipelineConfig, StageEntry
-from pipeline.serve import Teacher
+from pipeline.endpoint import EndpointError
+from pipeline.runlog import root_cause, setup_logging, versions
+from pipeline.runstate import RunState
+from pipeline.serve import TeacherError
+from pipeline.service import LLMService
 from pipeline.stage import Decisions, Records, role_of
 from pipeline.stage import uses_llm as stage_uses_llm
 
@@ -46,16 +52,6 @@ class RunError(RuntimeError):
     """A run that cannot go on; the message says which stage and what to do."""
 
 
-def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for dist in ("textbook-pipeline", "pyarrow", "ray", "polars", "pydantic"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = "unknown"
-    return out
-
-
 @dataclass
 class RunResult:
     run_dir: Path
@@ -65,38 +61,22 @@ class RunResult:
     datasets: dict[str, Path] = field(default_factory=dict)
     models: dict[str, Path] = field(default_factory=dict)
     evaluations: dict[str, dict] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)  # asked for and not done: exit non-zero
+    warnings: list[str] = field(default_factory=list)  # not done as the config allows (on_empty)
 
 
-def root_cause(exc: BaseException) -> str:
-    """The original error behind Ray's wrappers, as ``Type: message``."""
-    chain, node = [], exc
-    while isinstance(node, BaseException) and node not in chain:
-        chain.append(node)
-        node = getattr(node, "cause", None) or node.__cause__
-    for item in chain:
-        lines = str(item).splitlines()
-        for prev, line in zip([""] + lines, lines):
-            # the exception line ending a traceback: unindented, right after an indented frame
-            if line and not line[0].isspace() and prev[:1].isspace() and ": " in line \
-                    and re.match(r"^[A-Za-z_][\w.]*: ", line) and not line.startswith("ray."):
-                return line.strip()
-    text = str(chain[-1]).strip().splitlines()
-    return f"{type(chain[-1]).__name__}: {text[0] if text else ''}"
+@dataclass
+class _Context:
+    """What every stage of one run shares."""
 
-
-def setup_logging(run_dir: Path) -> Path:
-    logs = run_dir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    path = logs / f"run-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}.log"
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logger = logging.getLogger("pipeline")
-    for old in [h for h in logger.handlers if isinstance(h, logging.FileHandler)]:
-        logger.removeHandler(old)
-        old.close()
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    return path
+    cfg: PipelineConfig
+    executor: runner.Executor
+    llm: LLMService
+    state: RunState
+    console: Console
+    result: RunResult
+    only: list[str] | None
+    force: list[str]
 
 
 def stage_folder(run_dir: Path, index: int, name: str) -> Path:
@@ -128,53 +108,80 @@ def run_pipeline(cfg: PipelineConfig, only: list[str] | None = None, force: list
         cfg.stage(name)  # unknown names are errors before any work
     _clean_temp(run_dir)
     result = RunResult(run_dir)
+    state = RunState(run_dir, [(s.name, stage_folder(run_dir, i, s.name).name)
+                               for i, s in enumerate(cfg.stages, start=1)
+                               if s.enabled and (only is None or s.name in only)])
     log.info("run %s in %s (log %s)", cfg.run.name, run_dir, log_path)
-    with contextlib.ExitStack() as stack:
-        session = stack.enter_context(runner.ray_session(cfg.ray.address, cfg.ray.num_cpus, log_path))
-        console.print(f"[dim]ray: {session['address']}, {session['cpus']} CPUs; "
-                      f"run folder {run_dir}; log {log_path}[/dim]")
-        llm_handle = None
-        if cfg.needs_llm(only):
-            base_url = cfg.llm.base_url
-            if not base_url:
-                teacher = Teacher(run_dir / "logs" / "teacher.log")
-                base_url = stack.enter_context(teacher)
-                console.print(f"[dim]embedded teacher {cfg.llm.model} at {base_url}[/dim]")
-            llm_handle = runner.start_llm(cfg.llm, base_url, cfg.llm_cache,
-                                          embedded=not cfg.llm.base_url)
-        executor = runner.Executor(cfg.ray.batch_size, llm_handle)
-        by_name: dict[str, dict] = {}
-        previous: str | None = None
-        for index, entry in enumerate(cfg.stages, start=1):
-            if not entry.enabled:
-                continue
-            upstream = entry.input or previous
-            record = _stage(cfg, index, entry, upstream, by_name, executor, only, force or [],
-                            console, result)
-            if record is not None:
-                by_name[entry.name] = record
-            previous = entry.name
-        result.records = [by_name[s.name] for s in cfg.stages if s.name in by_name]
-        for name, spec in cfg.datasets.items():
-            rec = by_name.get(spec.from_stage)
-            if rec is None:
-                console.print(f"[yellow]dataset {name}: stage {spec.from_stage} has not run[/yellow]")
-                continue
-            result.datasets[name] = card.publish(cfg, name, spec, rec, result.records)
-        console.print(ledger.funnel_table(result.records, f"{cfg.run.name}: funnel"))
-        for name, path in result.datasets.items():
-            console.print(f"dataset [bold]{name}[/bold] -> {path}")
-        if only is None and (cfg.train or cfg.eval):
-            _train_and_evaluate(cfg, result, console)
+    try:
+        with contextlib.ExitStack() as stack:
+            session = stack.enter_context(runner.ray_session(cfg.ray.address, cfg.ray.num_cpus,
+                                                             log_path))
+            console.print(f"[dim]ray: {session['address']}, {session['cpus']} CPUs; "
+                          f"run folder {run_dir}; log {log_path}[/dim]")
+            llm = LLMService(cfg, stack, console)
+            ctx = _Context(cfg, runner.Executor(cfg.ray.batch_size, llm), llm, state, console,
+                           result, only, force or [])
+            _stages_and_datasets(ctx)
+            if only is None and (cfg.train or cfg.eval):
+                _train_and_evaluate(cfg, result, console, state)
+            if llm.teacher is not None and llm.teacher.state():
+                result.warnings.append(llm.teacher.state())
+    except KeyboardInterrupt:
+        state.finish("interrupted")
+        raise
+    except Exception as exc:
+        state.finish("failed", str(exc) if isinstance(exc, RunError) else root_cause(exc))
+        raise
+    for text in result.warnings:
+        state.warning(text)
+        console.print(f"[yellow]warning: {text}[/yellow]")
+    if result.problems:
+        state.finish("failed", "not done: " + "; ".join(result.problems))
+        console.print(f"[bold red]run {cfg.run.name} did not finish:[/bold red] "
+                      + "; ".join(result.problems), highlight=False)
+    else:
+        state.finish("succeeded")
+        console.print(f"[bold green]run {cfg.run.name} finished[/bold green]: "
+                      f"{len(result.ran)} stage(s) ran, {len(result.skipped)} unchanged, "
+                      f"{len(result.datasets)} dataset(s), {len(result.models)} model(s)")
     return result
 
 
-def _train_and_evaluate(cfg: PipelineConfig, result: RunResult, console: Console) -> None:
+def _stages_and_datasets(ctx: _Context) -> None:
+    cfg, console, result = ctx.cfg, ctx.console, ctx.result
+    by_name: dict[str, dict] = {}
+    previous: str | None = None
+    for index, entry in enumerate(cfg.stages, start=1):
+        if not entry.enabled:
+            continue
+        upstream = entry.input or previous
+        record = _stage(ctx, index, entry, upstream, by_name)
+        if record is not None:
+            by_name[entry.name] = record
+        previous = entry.name
+    result.records = [by_name[s.name] for s in cfg.stages if s.name in by_name]
+    for name, spec in cfg.datasets.items():
+        rec = by_name.get(spec.from_stage)
+        if rec is None:
+            text = f"dataset {name}: its stage {spec.from_stage} has not run"
+            (result.problems if ctx.only is None else result.warnings).append(text)
+            ctx.state.item("datasets", name, "not published", reason=text)
+            continue
+        result.datasets[name] = card.publish(cfg, name, spec, rec, result.records)
+        ctx.state.item("datasets", name, "published", rows=rec["rows_kept"])
+    console.print(ledger.funnel_table(result.records, f"{cfg.run.name}: funnel"))
+    for name, path in result.datasets.items():
+        console.print(f"dataset [bold]{name}[/bold] -> {path}")
+
+
+def _train_and_evaluate(cfg: PipelineConfig, result: RunResult, console: Console,
+                        state: RunState) -> None:
     """The run's ``[train.*]`` models, then ``[eval]``: after the datasets they read."""
     from trainers.run import TrainError, train_all
 
+    skipped: dict[str, str] = {}
     try:
-        result.models = train_all(cfg, console=console)
+        result.models = train_all(cfg, console=console, skipped=skipped)
         if cfg.eval and cfg.eval.enabled:
             from trainers.evaluate import evaluate_run
 
@@ -185,11 +192,17 @@ def _train_and_evaluate(cfg: PipelineConfig, result: RunResult, console: Console
         log.exception("training failed")
         raise RunError(f"training failed: {root_cause(exc)} (finished models are kept; a rerun "
                        "resumes from the last checkpoint)") from exc
+    for name, path in result.models.items():
+        state.item("models", name, "trained", path=str(path))
+    for name, reason in skipped.items():
+        state.item("models", name, "skipped", reason=reason)
+        result.warnings.append(f"model {name} skipped: {reason}")
 
 
-def _stage(cfg: PipelineConfig, index: int, entry: StageEntry, upstream: str | None,
-           by_name: dict, executor: runner.Executor, only: list[str] | None, force: list[str],
-           console: Console, result: RunResult) -> dict | None:
+def _stage(ctx: _Context, index: int, entry: StageEntry, upstream: str | None,
+           by_name: dict) -> dict | None:
+    cfg, executor, console, result = ctx.cfg, ctx.executor, ctx.console, ctx.result
+    only, force = ctx.only, ctx.force
     run_dir = cfg.run_dir
     folder = stage_folder(run_dir, index, entry.name)
     role = role_of(entry.module)
@@ -227,6 +240,7 @@ def _stage(cfg: PipelineConfig, index: int, entry: StageEntry, upstream: str | N
         console.print(f"[green]✓[/green] {folder.name}: unchanged, skipped")
         log.info("stage %s skipped (config %s, input %s unchanged)", folder.name, config_hash, input_fp)
         result.skipped.append(entry.name)
+        ctx.state.stage(entry.name, "unchanged")
         return existing
     console.print(f"[cyan]▶[/cyan] {folder.name} ({role})")
     log.info("stage %s starts: config %s, input %s", folder.name, config_hash, input_fp)
@@ -234,6 +248,7 @@ def _stage(cfg: PipelineConfig, index: int, entry: StageEntry, upstream: str | N
     tmp_out, tmp_rej = io.temp_sibling(folder), io.temp_sibling(rejected)
     started = time.time()
     info: dict = {}
+    ctx.state.stage(entry.name, "running")
     try:
         if role == "source":
             totals = executor.source(units, entry.module.__name__, entry.config, tmp_out, tmp_rej,
@@ -251,11 +266,25 @@ def _stage(cfg: PipelineConfig, index: int, entry: StageEntry, upstream: str | N
         shutil.rmtree(tmp_out, ignore_errors=True)
         shutil.rmtree(tmp_rej, ignore_errors=True)
         log.exception("stage %s failed", folder.name)
-        raise RunError(f"stage {entry.name!r} failed: {root_cause(exc)} "
-                       f"(nothing of it was committed; fix and rerun to resume)") from exc
+        endpoint = ctx.llm.failure()  # the breaker's message, however Ray wrapped the error
+        if endpoint or isinstance(exc, EndpointError | TeacherError):
+            why = endpoint or str(exc)
+        else:
+            why = root_cause(exc)
+        message = (f"stage {entry.name!r} failed: {why}\n  nothing of the stage was committed; "
+                   "fix the cause and rerun to resume")
+        ctx.state.stage(entry.name, "failed", error=message)
+        raise RunError(message) from exc
+    finally:
+        ctx.llm.report_events()
     tmp_out.mkdir(parents=True, exist_ok=True)
     tmp_rej.mkdir(parents=True, exist_ok=True)
     parts = io.parquet_parts(tmp_out)
+    if not parts:  # an empty output still has a schema (a stage with no input: its input's)
+        schema = totals.get("schema") or (io.output_schema(Path(by_name[upstream]["path"]))
+                                          if upstream in by_name else None)
+        if schema is not None:
+            io.write_schema(tmp_out, schema)
     record = {
         "stage": entry.name, "folder": folder.name, "index": index, "kind": entry.kind,
         "role": role, "input": upstream, "config_hash": config_hash, "input_fingerprint": input_fp,
@@ -282,6 +311,7 @@ def _stage(cfg: PipelineConfig, index: int, entry: StageEntry, upstream: str | N
     console.print(f"  {record['rows_in']:,} in, {record['rows_kept']:,} kept, "
                   f"{record['rows_rejected']:,} rejected in {record['wall_s']:.1f}s")
     result.ran.append(entry.name)
+    ctx.state.stage(entry.name, "ran", rows_kept=record["rows_kept"])
     return record
 
 

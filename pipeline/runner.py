@@ -33,6 +33,7 @@ from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasink, Datasource, ReadTask
 
 from pipeline import io
+from pipeline.endpoint import EndpointError
 from pipeline.llm import LLMClient, LLMConfig, Request, Result
 from pipeline.stage import BOOKKEEPING, DROP_REASON, STAGE_COLUMN, Decisions, GlobalContext
 
@@ -96,7 +97,7 @@ class StageSink(Datasink):
     def write(self, blocks, ctx) -> dict:
         name = f"part-{ctx.task_idx:05d}.parquet"
         writers: dict[str, tuple[pq.ParquetWriter, Path, Path]] = {}
-        rows, kept = 0, 0
+        rows, kept, schema = 0, 0, None
         reasons: Counter = Counter()
         try:
             for block in blocks:
@@ -113,6 +114,7 @@ class StageSink(Datasink):
                 bad = block.filter(pc.invert(mask))
                 bad = bad.append_column(STAGE_COLUMN, pa.array([self.stage] * bad.num_rows, pa.string()))
                 kept += good.num_rows
+                schema = schema or good.schema
                 reasons.update(bad.column(DROP_REASON).to_pylist())
                 for key, part, folder in (("kept", good, self.kept_dir), ("rej", bad, self.rejected_dir)):
                     if part.num_rows:
@@ -121,7 +123,7 @@ class StageSink(Datasink):
             for writer, tmp, final in writers.values():
                 writer.close()
                 os.replace(tmp, final)
-        return {"rows": rows, "kept": kept, "reasons": dict(reasons)}
+        return {"rows": rows, "kept": kept, "reasons": dict(reasons), "schema": schema}
 
     @staticmethod
     def _append(writers: dict, key: str, table: pa.Table, final: Path) -> None:
@@ -140,8 +142,9 @@ class StageSink(Datasink):
             writer.write_table(table.slice(start, rows))
 
     def on_write_complete(self, write_result) -> None:
-        totals = {"rows": 0, "kept": 0, "reasons": Counter()}
+        totals = {"rows": 0, "kept": 0, "reasons": Counter(), "schema": None}
         for part in write_result.write_returns:
+            totals["schema"] = totals["schema"] or part["schema"]
             totals["rows"] += part["rows"]
             totals["kept"] += part["kept"]
             totals["reasons"].update(part["reasons"])
@@ -153,8 +156,10 @@ class StageSink(Datasink):
 class LLMActor:
     """The run's one LLM client: every worker's requests share its concurrency limit and cache."""
 
-    def __init__(self, config: LLMConfig, base_url: str, cache_path: str | None, embedded: bool):
-        self.client = LLMClient(config, base_url, Path(cache_path) if cache_path else None, embedded)
+    def __init__(self, config: LLMConfig, base_url: str, cache_path: str | None, embedded: bool,
+                 log: str | None):
+        self.client = LLMClient(config, base_url, Path(cache_path) if cache_path else None,
+                                embedded, log)
 
     async def many(self, requests: list[Request], stage: str, model: Any = None) -> list[Result]:
         return await self.client.many(requests, stage, model)
@@ -164,6 +169,14 @@ class LLMActor:
 
     def progress(self, stage: str) -> list[int]:
         return self.client.progress.get(stage, [0, 0])
+
+    def events(self) -> list[str]:
+        return list(self.client.events)
+
+    def endpoint_failure(self) -> str | None:
+        """The circuit breaker's message once the endpoint has failed, else None."""
+        opened = self.client.breaker.opened
+        return str(opened) if opened is not None else None
 
 
 class ActorLLM:
@@ -180,14 +193,26 @@ class ActorLLM:
             log.info("%s: %d/%d LLM calls answered", self.stage, done, asked)
             print(f"  {self.stage}: {done:,}/{asked:,} LLM calls answered, "
                   f"{time.time() - started:.0f}s", file=sys.stderr, flush=True)
-        return ray.get(ref)
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayTaskError as exc:
+            if isinstance(exc.cause, EndpointError):  # one clear error, not Ray's wrapping
+                raise EndpointError(str(exc.cause)) from None
+            raise
 
     def usage(self) -> list[dict]:
         return ray.get(self.handle.usage.remote(self.stage))
 
 
-def start_llm(config: LLMConfig, base_url: str, cache_path: Path | None, embedded: bool) -> Any:
-    return LLMActor.remote(config, base_url, str(cache_path) if cache_path else None, embedded)
+def ask(handle: Any, method: str, *args: Any) -> Any:
+    """Call one of an actor's methods and wait for the answer."""
+    return ray.get(getattr(handle, method).remote(*args))
+
+
+def start_llm(config: LLMConfig, base_url: str, cache_path: Path | None, embedded: bool,
+              log: Path | None = None) -> Any:
+    return LLMActor.remote(config, base_url, str(cache_path) if cache_path else None, embedded,
+                           str(log) if log else None)
 
 
 def _stage_module(name: str):
@@ -274,11 +299,12 @@ class Executor:
     exception raised by stage code is not retried and fails the stage.
     """
 
-    def __init__(self, batch_size: int, llm_handle: Any = None):
+    def __init__(self, batch_size: int, llm_handle: Callable[[], Any] | None = None):
+        """``llm_handle()`` returns the run's :class:`LLMActor`, starting it on first use."""
         self.batch_size, self.llm_handle = batch_size, llm_handle
 
     def llm_for(self, stage: str, model_name: str) -> ActorLLM | None:
-        return ActorLLM(self.llm_handle, stage, model_name) if self.llm_handle is not None else None
+        return ActorLLM(self.llm_handle(), stage, model_name) if self.llm_handle is not None else None
 
     def _write(self, ds: ray.data.Dataset, kept_dir: Path, rejected_dir: Path, stage: str,
                rejected_only: tuple[str, ...] = ()) -> dict:
@@ -321,7 +347,8 @@ class Executor:
         if DROP_REASON not in table.column_names:
             raise ValueError(f"stage {stage!r}: Records need a '{DROP_REASON}' column")
         if table.num_rows == 0:
-            return {"rows": 0, "kept": 0, "reasons": {}}
+            kept = table.drop_columns([c for c in BOOKKEEPING if c in table.column_names])
+            return {"rows": 0, "kept": 0, "reasons": {}, "schema": kept.schema}
         return self._write(ray.data.from_arrow(table), kept_dir, rejected_dir, stage)
 
 

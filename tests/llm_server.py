@@ -15,6 +15,12 @@ Otherwise it echoes the prompt (``echo: <message>``), and answers JSON requests 
 ``routes``: ``[(regex, reply)]`` checked in order against all message contents joined (after
 the status, badbody, hang and delay markers): the first match answers with ``reply``, a string
 or ``reply(body) -> str | (str, finish_reason)``, so tests can script multi-step prompts.
+
+``port``: listen there (a restarted endpoint). ``status``: answer every request with that HTTP
+status. ``stop_after``: stop listening once that many requests were answered (an endpoint that
+goes down mid-stage). ``reject_json_schema``: a 400 naming ``response_format`` for schemas in the
+OpenAI ``json_schema`` form (as some servers do). ``seen`` counts requests per first user message;
+pass one ``Counter`` to several servers to count across restarts.
 """
 
 from __future__ import annotations
@@ -33,12 +39,17 @@ class _Server(ThreadingHTTPServer):
 
 
 class ScriptedServer:
-    def __init__(self, latency_s: float = 0.0, routes: list | None = None):
-        self.latency_s = latency_s
+    def __init__(self, latency_s: float = 0.0, routes: list | None = None, port: int = 0,
+                 status: int | None = None, stop_after: int | None = None,
+                 reject_json_schema: bool = False, seen: Counter | None = None):
+        self.latency_s, self.status, self.stop_after = latency_s, status, stop_after
+        self.reject_json_schema = reject_json_schema
+        self.down = False
+        self.forms: Counter = Counter()  # response_format types received
         self.routes = [(re.compile(pattern, re.S), reply) for pattern, reply in routes or []]
         self.requests = 0
         self.inflight = self.max_inflight = 0
-        self.seen: Counter = Counter()
+        self.seen: Counter = Counter() if seen is None else seen
         self.lock = threading.Lock()
         server = self
 
@@ -54,6 +65,9 @@ class ScriptedServer:
                 self._send(200, {"object": "list", "data": [{"id": "scripted", "object": "model"}]})
 
             def do_POST(self):
+                if server.down:  # a kept-alive connection of a server gone down: drop it
+                    self.close_connection = True
+                    return
                 length = int(self.headers.get("Content-Length", 0))
                 body = json.loads(self.rfile.read(length) or b"{}")
                 with server.lock:
@@ -68,6 +82,8 @@ class ScriptedServer:
                     self._raw(status, payload, headers)
                 else:
                     self._send(status, payload, headers)
+                if server.stop_after is not None and server.requests >= server.stop_after:
+                    server.go_down()
 
             def _send(self, status, payload, headers=None):
                 self._raw(status, json.dumps(payload).encode(), headers)
@@ -84,7 +100,7 @@ class ScriptedServer:
                 except (BrokenPipeError, ConnectionResetError):
                     pass
 
-        self.httpd = _Server(("127.0.0.1", 0), Handler)
+        self.httpd = _Server(("127.0.0.1", port), Handler)
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
@@ -97,17 +113,40 @@ class ScriptedServer:
         return self
 
     def __exit__(self, *exc) -> None:
+        self.go_down()
+
+    def go_down(self) -> None:
+        """Stop listening: later connections are refused."""
+        with self.lock:
+            if self.down:
+                return
+            self.down = True
+        threading.Thread(target=self._shutdown, daemon=True).start()
+        self.httpd.socket.close()  # refuse at once, even before serve_forever notices
+
+    def _shutdown(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+    @property
+    def port(self) -> int:
+        return self.httpd.server_address[1]
 
     def answer(self, body: dict):
         messages = body.get("messages", [])
         last = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")
         first_user = next((m["content"] for m in messages if m.get("role") == "user"), "")
+        form = (body.get("response_format") or {}).get("type")
         with self.lock:
             self.requests += 1
+            self.forms[form] += 1
             self.seen[first_user] += 1
             count = self.seen[first_user]
+        if self.status is not None:
+            return self.status, {"error": {"message": f"scripted {self.status}"}}, {}
+        if self.reject_json_schema and form == "json_schema":
+            return 400, {"error": {"message": "response_format: json_schema is not supported",
+                                   "param": "response_format"}}, {}
         if self.latency_s:
             time.sleep(self.latency_s)
 
@@ -129,7 +168,7 @@ class ScriptedServer:
         if (delay := re.search(r"\[\[delay:(\d+)\]\]", first_user)):
             time.sleep(int(delay.group(1)) / 1000)
         finish = "stop"
-        wants_json = body.get("response_format", {}).get("type") == "json_object" or "JSON" in last
+        wants_json = form in ("json_object", "json_schema") or "JSON" in last
         everything = "\n".join(str(m.get("content", "")) for m in messages)
         route = next((reply for pattern, reply in self.routes if pattern.search(everything)), None)
         if route is not None:

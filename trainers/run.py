@@ -88,27 +88,30 @@ def _names(value) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
 
 
-def train_all(cfg, names: list[str] | None = None, console: Console | None = None) -> dict[str, Path]:
-    """Train (or skip, or resume) the enabled ``[train.*]`` entries, in order."""
+def train_all(cfg, names: list[str] | None = None, console: Console | None = None,
+              skipped: dict[str, str] | None = None) -> dict[str, Path]:
+    """Train (or skip, or resume) the enabled ``[train.*]`` entries, in order; ``skipped``
+    receives the models left out by ``on_empty = "skip"`` (and those starting from them)."""
     console = console or Console(stderr=True)
     for name in names or []:
         if name not in [e.name for e in cfg.train]:
             raise TrainError(f"no [train.{name}] table; trainings: {[e.name for e in cfg.train]}")
     out: dict[str, Path] = {}
-    skipped: set[str] = set()
+    skipped = {} if skipped is None else skipped
     for entry in cfg.train:
         if not entry.enabled or (names and entry.name not in names):
             continue
-        needs = {getattr(entry.config, k, None) for k in ("base", "tokenizer")} & skipped
+        needs = {getattr(entry.config, k, None) for k in ("base", "tokenizer")} & set(skipped)
         if needs:
             console.print(f"[yellow]model {entry.name}: skipped, it starts from {sorted(needs)}, "
                           "which was skipped[/yellow]")
-            skipped.add(entry.name)
+            skipped[entry.name] = f"it starts from {', '.join(sorted(needs))}, which was skipped"
             continue
         try:
             path = train_one(cfg, entry, console)
             if path is None:
-                skipped.add(entry.name)
+                skipped[entry.name] = (f"its dataset {entry.config.dataset!r} has no rows "
+                                       "(on_empty = \"skip\")")
             else:
                 out[entry.name] = path
         except (ModelError, TrainingError, ValueError) as exc:

@@ -55,11 +55,11 @@ def test_retries_429_honouring_retry_after_and_5xx(server):
     assert usage["retries"] == 6 and usage["failures"] == 0
 
 
-def test_client_errors_are_not_retried(server):
-    results, usage = run(server, [ask("x [[400]]"), ask("y [[401]]"), ask("z [[404]]")])
-    assert [r.error for r in results] == ["llm_error:400", "llm_error:401", "llm_error:404"]
-    assert "scripted 401" in results[1].detail
-    assert server.requests == 3 and usage["failures"] == 3
+def test_a_400_is_the_record_s_failure_and_is_not_retried(server):
+    results, usage = run(server, [ask("x [[400]]"), ask("y")])
+    assert [r.error for r in results] == ["llm_error:400", None]
+    assert "scripted 400" in results[0].detail
+    assert server.requests == 2 and usage["failures"] == 1
 
 
 def test_exhausted_retries_and_timeouts_become_errors_not_none(server):
@@ -93,7 +93,7 @@ def test_extract_json_tolerates_fences_and_prose():
 
 def test_cache_makes_a_rerun_free_and_is_shared(server, tmp_path):
     path = tmp_path / "cache.sqlite"
-    prompts = [ask(f"prompt {i}") for i in range(20)] + [ask("[[401]]")]
+    prompts = [ask(f"prompt {i}") for i in range(20)] + [ask("[[400]]")]
     first, usage = run(server, prompts, cache=path)
     assert server.requests == 21 and usage["cache_hits"] == 0
     again, usage = run(server, prompts, cache=path)
@@ -125,7 +125,7 @@ def test_llm_stage_on_ray_rejects_failures_and_reruns_from_cache(tmp_path, ray_l
     from pipeline.run import run_pipeline
     from tests.conftest import make_config, read_folder, write_jsonl
 
-    rows = [{"text": f"document {i}"} for i in range(30)] + [{"text": "[[401]] bad"},
+    rows = [{"text": f"document {i}"} for i in range(30)] + [{"text": "[[400]] bad"},
                                                              {"text": "[[badjson]] odd"}]
     write_jsonl(tmp_path / "data" / "a.jsonl", rows)
     with ScriptedServer() as srv:
@@ -136,9 +136,9 @@ def test_llm_stage_on_ray_rejects_failures_and_reruns_from_cache(tmp_path, ray_l
         result = run_pipeline(load_config(path), console=quiet_console)
         rec = result.records[1]
         assert rec["rows_kept"] == 30
-        assert rec["rejected_by_reason"] == {"llm_error:401": 1, "llm_invalid_json": 1}
+        assert rec["rejected_by_reason"] == {"llm_error:400": 1, "llm_invalid_json": 1}
         rejected = read_folder(result.run_dir / "rejected" / "02-score")
-        assert "scripted 401" in " ".join(rejected.column("drop_detail").to_pylist())
+        assert "scripted 400" in " ".join(rejected.column("drop_detail").to_pylist())
         usage = rec["info"]["llm_usage"][0]
         assert usage["stage"] == "score" and usage["requests"] == srv.requests
         assert usage["prompt_tokens"] > 0 and usage["completion_tokens"] > 0
