@@ -2,7 +2,9 @@
 
 Against a local server that answers after a fixed latency L (0.2 s), with the client's
 concurrency limit C in {1, 8, 64}, the ideal rate is C / L; efficiency = achieved / ideal.
-Writes ``bench/results/llm.json``.
+The embedded teacher: ``teacher_first_reply_s`` (start to its first completion) and
+``teacher_tokens_per_s``. A component that does not work (a teacher that does not start or
+answers nothing) fails the benchmark: non-zero exit, no figures. Writes ``bench/results/llm.json``.
 
     python bench/llm_throughput.py
 """
@@ -10,7 +12,6 @@ Writes ``bench/results/llm.json``.
 from __future__ import annotations
 
 import asyncio
-import json
 import subprocess
 import sys
 import tempfile
@@ -20,8 +21,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench._results import require, write  # noqa: E402
 from pipeline.llm import LLMClient, LLMConfig, Request  # noqa: E402
-from pipeline.serve import Teacher  # noqa: E402
+from pipeline.serve import Teacher, TeacherError  # noqa: E402
 from tests.llm_server import ScriptedServer  # noqa: E402
 
 LATENCY = 0.2
@@ -67,8 +69,14 @@ def cache_hits_per_s(server: ScriptedServer, folder: Path) -> float:
     return len(requests) / asyncio.run(main())
 
 
-def teacher_tokens_per_s(folder: Path) -> float:
-    with Teacher(folder / "teacher.log") as base_url:
+def teacher_figures(folder: Path) -> tuple[float, float]:
+    """(seconds from start to the first completion, completion tokens per second)."""
+    teacher = Teacher(folder / "teacher.log")
+    try:
+        base_url = teacher.start()
+    except TeacherError as exc:
+        require(False, f"the embedded teacher did not start: {exc}")
+    try:
         async def main():
             client = LLMClient(LLMConfig(max_tokens=96, temperature=0.0), base_url)
             await client.chat(prompts(1, "warm")[0])
@@ -78,9 +86,17 @@ def teacher_tokens_per_s(folder: Path) -> float:
                         for topic in ("recursion", "photosynthesis", "binary search")]]
             seconds = time.perf_counter() - start
             await client.close()
-            return sum(r.completion_tokens for r in results) / seconds
+            failed = [f"{r.error}: {r.detail}" for r in results if not r.ok]
+            require(not failed, f"the teacher failed requests: {failed[:2]}")
+            tokens = sum(r.completion_tokens for r in results)
+            require(tokens > 0, "the teacher answered with no completion tokens")
+            return tokens / seconds
 
-        return asyncio.run(main())
+        tokens_per_s = asyncio.run(main())
+    finally:
+        teacher.stop()
+    require(not teacher.deaths, f"the teacher died during the benchmark: {teacher.state()}")
+    return teacher.first_reply_s, tokens_per_s
 
 
 class ServerProcess:
@@ -108,16 +124,16 @@ def main() -> None:
         eff = {c: efficiency(slow, c) for c in (1, 8, 64)}
     with ScriptedServer() as fast:
         hits = cache_hits_per_s(fast, folder)
+    first_reply_s, tokens_per_s = teacher_figures(folder)
     results = {
         "latency_s": LATENCY,
         "efficiency_c1": round(eff[1], 3), "efficiency_c8": round(eff[8], 3),
         "efficiency_c64": round(eff[64], 3),
         "cache_hits_per_s": round(hits, 1),
-        "teacher_tokens_per_s": round(teacher_tokens_per_s(folder), 1),
+        "teacher_first_reply_s": round(first_reply_s, 2),
+        "teacher_tokens_per_s": round(tokens_per_s, 1),
     }
-    out = ROOT / "bench" / "results" / "llm.json"
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results, indent=2))
+    write("llm", results)
 
 
 if __name__ == "__main__":

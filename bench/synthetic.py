@@ -38,6 +38,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench._results import require, write  # noqa: E402
 from bench.llm_throughput import ServerProcess  # noqa: E402
 from pipeline.llm import LLMClient, LLMConfig  # noqa: E402
 from stages import self_instruct  # noqa: E402
@@ -167,6 +168,8 @@ def generation_bench(folder: Path) -> dict:
         llm.close()
     ideal = sum(math.ceil(n / CONCURRENCY) * LATENCY for n in llm.batches)
     kept = sum(r is None for r in out.table.column("drop_reason").to_pylist())
+    require(kept > 0 and out.info["machine_tasks"] > 0,
+            f"Self-Instruct kept nothing ({out.info}); no figures are written")
     return {"generation_efficiency": round(ideal / seconds, 3), "generation_s": round(seconds, 2),
             "generation_ideal_s": round(ideal, 2), "generation_requests": sum(llm.batches),
             "generation_rounds": out.info["rounds"], "generation_tasks": out.info["machine_tasks"],
@@ -175,10 +178,7 @@ def generation_bench(folder: Path) -> dict:
 
 def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="bench-synthetic-"))
-    results = {**rouge_bench(), **generation_bench(folder)}
-    out = ROOT / "bench" / "results" / "synthetic.json"
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results, indent=2))
+    write("synthetic", {**rouge_bench(), **generation_bench(folder)})
 
 
 if __name__ == "__main__":

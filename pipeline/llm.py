@@ -17,7 +17,8 @@
   ``llm_timeout``, ``llm_truncated``, ``llm_invalid_json``, ``llm_content_filter`` ...), which
   stages turn into rejected records.
 - JSON schemas travel in the OpenAI ``json_schema`` form to external endpoints (OpenAI, vLLM,
-  SGLang, llama.cpp, Ollama); an endpoint that rejects the form (a 400/422 naming
+  SGLang, llama.cpp's llama-server, Ollama); an endpoint that rejects the form (a 400/422, or
+  the 500 of llama-cpp-python's server, naming
   ``response_format``) moves the client, once, to the next form: ``llama_cpp``, then ``none``.
 - Usage (requests, cache hits, failures, prompt/completion tokens) per stage and model.
 """
@@ -235,8 +236,8 @@ class LLMClient:
                     if status in FATAL:
                         usage["failures"] += 1
                         raise self.breaker.failure(status, kind, detail) from None
+                    self._schema_rejection(params, status, exc, detail)
                     if status in NO_RETRY or (status < 500 and status != 429):
-                        self._schema_rejection(params, status, exc, detail)
                         usage["failures"] += 1
                         if "content_filter" in detail or "content management" in detail:
                             error = "llm_content_filter"
@@ -267,13 +268,14 @@ class LLMClient:
 
     def _schema_rejection(self, params: dict, status: int, exc: openai.APIStatusError,
                           detail: str) -> None:
-        """Raise :class:`_SchemaRejected` if this 400/422 refuses the schema's form."""
+        """Raise :class:`_SchemaRejected` if this error refuses the schema's form: a 400 or 422
+        naming ``response_format`` (llama-cpp-python's server answers a 500 for it)."""
         form = params.get("response_format") or {}
         style = "openai" if form.get("type") == "json_schema" else \
             "llama_cpp" if "schema" in form else None
         text = f"{detail} {exc.body}".lower()
-        if style and status in (400, 422) and ("response_format" in text or "json_schema" in text
-                                               or "schema" in text):
+        if style and status in (400, 422, 500) and ("response_format" in text
+                                                    or "json_schema" in text):
             raise _SchemaRejected(style, detail)
 
     async def json_model(self, request: Request, model: type[BaseModel], stage: str = "") -> Result:
