@@ -19,8 +19,9 @@ Which is which (the circuit breaker):
   then the endpoint's at once;
 - timeouts, 429 and 5xx that persist after ``max_retries`` retries: the breaker opens when
   ``breaker_consecutive`` of them finish in a row, or when ``breaker_window // 2`` of the last
-  ``breaker_window`` finished requests failed so; below that they are rejected records
-  (``llm_timeout``, ``llm_error:503``), as one prompt can time out on its own;
+  ``breaker_window`` finished requests failed so (several samples of one prompt count once);
+  below that they are rejected records (``llm_timeout``, ``llm_error:503``), as one prompt can
+  time out on its own;
 - a 400/422 is a record's failure, unless none of the first ``breaker_window`` requests
   succeeded: then a parameter or the prompt size does not suit the endpoint at all.
 
@@ -94,6 +95,7 @@ class Breaker:
         self.endpoint, self.consecutive, self.window = endpoint, consecutive, window
         self.recent: deque[bool] = deque(maxlen=window)  # True: an endpoint-level failure
         self.in_a_row = 0
+        self.streak: set[str] = set()  # the prompts of the current run of failures
         self.succeeded, self.refused = False, 0
         self.opened: EndpointError | None = None
 
@@ -105,12 +107,14 @@ class Breaker:
     def success(self) -> None:
         self.recent.append(False)
         self.in_a_row, self.succeeded = 0, True
+        self.streak.clear()
 
     def record_level(self, status: int, detail: str) -> EndpointError | None:
         """A request refused for its own sake (400/422); the error if no request ever succeeded
         and ``window`` were refused so."""
         self.recent.append(False)
         self.in_a_row = 0
+        self.streak.clear()
         self.refused += 1
         if not self.succeeded and self.refused >= self.window:
             return self.open(status, "status", detail, f"none of the first {self.refused} requests "
@@ -122,12 +126,18 @@ class Breaker:
             self.opened = self.endpoint.error(status, kind, detail, what)
         return self.opened
 
-    def failure(self, status: int | None, kind: str, detail: str) -> EndpointError | None:
-        """Record a failure that persisted after the retries; the error if the breaker opens."""
+    def failure(self, status: int | None, kind: str, detail: str,
+                prompt: str = "") -> EndpointError | None:
+        """Record a failure that persisted after the retries; the error if the breaker opens.
+        ``prompt`` identifies the request's messages: another sample of a prompt that already
+        failed in this run of failures is that prompt's problem, not more evidence."""
         if status in FATAL:
             return self.open(status, kind, detail, f"HTTP {status}")
         if kind == "connection":
             return self.open(status, kind, detail, "it refused or dropped the connection")
+        if prompt and prompt in self.streak:
+            return None
+        self.streak.add(prompt)
         self.recent.append(True)
         self.in_a_row += 1
         failed = sum(self.recent)

@@ -170,7 +170,7 @@ class LLMClient:
         return out
 
     @staticmethod
-    def cache_key(params: dict) -> str:
+    def cache_key(params: Any) -> str:
         return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
 
     async def chat(self, request: Request, stage: str = "") -> Result:
@@ -256,7 +256,8 @@ class LLMClient:
             if attempt >= self.config.max_retries and not reconnecting:
                 usage["failures"] += 1
                 detail = f"after {attempt + 1} attempts: {detail}"
-                if (opened := self.breaker.failure(status, kind, detail)) is not None:
+                prompt = self.cache_key(params["messages"])
+                if (opened := self.breaker.failure(status, kind, detail, prompt)) is not None:
                     raise opened
                 return Result(error=error, detail=detail)
             attempt += 1

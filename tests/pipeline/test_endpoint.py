@@ -81,6 +81,10 @@ def test_persistent_5xx_open_the_breaker_but_one_bad_prompt_is_a_rejected_record
                                                     ask("fine 2")], max_retries=1)
         assert [r.error for r in results] == [None, "llm_error:500", None]
         assert client.breaker.opened is None
+        samples = [Request([{"role": "user", "content": "one odd prompt [[500]]"}], seed=i)
+                   for i in range(5)]  # samples of one failing prompt are one piece of evidence
+        results, client = client_run(srv.base_url, samples, max_retries=1, max_concurrency=1)
+        assert {r.error for r in results} == {"llm_error:500"} and client.breaker.opened is None
         with pytest.raises(EndpointError, match="in a row"):
             client_run(srv.base_url, [ask(f"all down {i} [[500]]") for i in range(10)],
                        max_retries=1, max_concurrency=1)

@@ -38,7 +38,7 @@ def test_prompt_templates_render_and_hash():
 def test_annotations_through_the_llm_layer(tmp_path, ray_local, quiet_console):
     rows = [{"text": f"document {i} about fractions", "topic": "a"} for i in range(12)]
     rows[3]["text"] = 'great lesson [[json:{"rationale": "clear steps", "score": 5}]]'
-    rows[5]["text"] = "broken [[401]]"
+    rows[5]["text"] = "broken [[400]]"
     rows[7]["text"] = "rambling [[badjson]]"
     write_jsonl(tmp_path / "a" / "x.jsonl", rows[:6])
     write_jsonl(tmp_path / "b" / "y.jsonl", rows[6:])
@@ -51,7 +51,7 @@ def test_annotations_through_the_llm_layer(tmp_path, ray_local, quiet_console):
         result = run_pipeline(load_config(path), console=quiet_console)
         rec = result.records[1]
         assert rec["rows_in"] == 12 and rec["rows_kept"] == 10
-        assert rec["rejected_by_reason"] == {"llm_error:401": 1, "llm_invalid_json": 1}
+        assert rec["rejected_by_reason"] == {"llm_error:400": 1, "llm_invalid_json": 1}
         kept = read_folder(result.run_dir / "stages" / "02-annotate")
         assert sorted(kept.column("score").to_pylist()) == [3] * 9 + [5]
         assert set(kept.column("prompt_hash").to_pylist()) == {prompts.load("edu_score").hash}

@@ -132,7 +132,7 @@ def fixture_rows() -> list[dict]:
     rows[1]["instruction"] += ' [[json:{"reason": "clear and correct", "score": 5}]]'
     rows[2]["instruction"] += ' [[json:{"reason": "vague", "score": 2}]]'
     rows[3]["instruction"] += " [[badjson]]"
-    rows[4]["instruction"] += " [[401]]"
+    rows[4]["instruction"] += " [[400]]"
     rows[5]["output"] = "I'm sorry, but I cannot help with that request."
     rows[6]["output"] = "The answer is that the light scatters because"
     rows.append({**rows[0], "instruction": "Please " + rows[0]["instruction"].lower()})
@@ -167,7 +167,7 @@ min_judge_score = 3
                            "too_similar_to", "quota_full"}
         by_reason = rec["rejected_by_reason"]
         assert by_reason["rule:refusal"] == 1 and by_reason["rule:unfinished"] == 1
-        assert by_reason["llm_error:401"] == 1 and by_reason["llm_invalid_json"] == 1
+        assert by_reason["llm_error:400"] == 1 and by_reason["llm_invalid_json"] == 1
         ids = {json.loads(r["meta"])["line"]: r["id"] for r in kept + rejected}
         kept_ids = {r["id"] for r in kept}
         similar = {r["id"]: r["drop_reason"] for r in rejected
@@ -192,7 +192,7 @@ min_judge_score = 3
         before = srv.requests
         again = run_pipeline(load_config(path, ["stages.lima.target=50", "stages.lima.parallel_min=1"]),
                              console=quiet_console)
-        assert srv.requests - before == 1  # the failed 401 call only
+        assert srv.requests - before == 1  # the failed 400 call only
     rec = again.records[1]
     assert rec["rows_kept"] == 10 and "selected 10 of the 50 records asked for" in rec["info"]["message"]
     assert {r["id"] for r in read_folder(again.run_dir / "stages" / "02-lima").to_pylist()} == kept_ids

@@ -42,7 +42,7 @@ truncated = "trim"
 
 def test_orca_answers_under_weighted_system_messages_with_erasure(tmp_path, ray_local, quiet_console):
     rows = [{"text": f"Why is the number {i} interesting?"} for i in range(40)]
-    rows[3]["text"] = "Broken request [[401]]"
+    rows[3]["text"] = "Broken request [[400]]"
     rows[5]["text"] = "Long answer [[truncate:1]]"
     write_jsonl(tmp_path / "in" / "x.jsonl", rows)
     sources = f'[[sources]]\nname = "x"\nkind = "jsonl"\npath = "{tmp_path / "in"}"\n'
@@ -56,8 +56,8 @@ def test_orca_answers_under_weighted_system_messages_with_erasure(tmp_path, ray_
         result = run_pipeline(load_config(path), console=quiet_console)
     orca, plain = result.records[1], result.records[2]
     assert orca["rows_kept"] == 38
-    assert orca["rejected_by_reason"] == {"llm_error:401": 1, "llm_truncated": 1}
-    assert plain["rejected_by_reason"] == {"llm_error:401": 1}  # the cut answer was trimmed
+    assert orca["rejected_by_reason"] == {"llm_error:400": 1, "llm_truncated": 1}
+    assert plain["rejected_by_reason"] == {"llm_error:400": 1}  # the cut answer was trimmed
     kept = read_folder(result.run_dir / "stages" / "02-orca").to_pylist()
     ids = {r["teacher_system_id"] for r in kept}
     assert ids == {"none", "step_by_step"}
