@@ -29,7 +29,7 @@ from stages import ingest  # noqa: E402
 
 
 def corpus_files(cfg) -> list[list]:
-    units = ingest.plan(cfg.sources, cfg.stage("ingest").config)
+    units = ingest.plan(cfg.sources, cfg.stage("ingest").config).units
     return [f for u in units for f in u["files"]]
 
 

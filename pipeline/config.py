@@ -53,6 +53,7 @@ class SourceConfig(Strict):
     id_field: str | None = None
     license: str = "unknown"
     sample: float = Field(default=1.0, gt=0.0, le=1.0)
+    follow_symlinks: bool = False  # files: follow links that leave the folder (loops never)
 
     @field_validator("path")
     @classmethod

@@ -7,7 +7,10 @@ import hashlib
 import json
 import os
 import re
+import stat
 import uuid
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -83,8 +86,17 @@ class FoundFile:
     mtime_ns: int
 
 
-def list_files(uri: str, include: list[str], exclude: list[str]) -> list[FoundFile]:
-    """All files under ``uri`` (or the file itself) that pass the globs, sorted by path."""
+def list_files(uri: str, include: list[str], exclude: list[str], follow_symlinks: bool = False,
+               links: Counter | None = None) -> list[FoundFile]:
+    """All files under ``uri`` (or the file itself) that pass the globs, sorted by path.
+
+    A local folder is walked by :func:`walk_local` (each directory once; ``links`` counts the
+    symbolic links it did not follow, by why); other filesystems list themselves."""
+    if "://" not in uri and Path(uri).is_dir():
+        found = [FoundFile(str(path), rel, st.st_size, st.st_mtime_ns)
+                 for path, rel, st in walk_local(Path(uri), follow_symlinks, links)
+                 if matches(rel, include, exclude)]
+        return sorted(found, key=lambda f: f.relpath)
     fs, root = resolve(uri)
     scheme = uri.split("://", 1)[0] + "://" if "://" in uri else ""
     try:
@@ -109,6 +121,57 @@ def list_files(uri: str, include: list[str], exclude: list[str]) -> list[FoundFi
             found.append(FoundFile(scheme + item.path, rel, item.size or 0, item.mtime_ns or 0))
     found.sort(key=lambda f: f.relpath)
     return found
+
+
+def walk_local(root: Path, follow_symlinks: bool = False,
+               links: Counter | None = None) -> Iterator[tuple[Path, str, os.stat_result]]:
+    """(path, path relative to ``root``, stat) of every regular file under ``root``.
+
+    Every directory is entered once, by (device, inode), so a link loop cannot repeat a folder.
+    Symbolic links are not followed when they point inside ``root`` (their targets are listed
+    under their own paths), nor when they leave it unless ``follow_symlinks``; ``links`` counts
+    each link left alone by reason (``inside_source``, ``outside_source``, ``already_visited``,
+    ``broken``) and those ``followed``.
+    """
+    links = Counter() if links is None else links
+    top = os.path.realpath(root)
+    seen = {(st.st_dev, st.st_ino) for st in [os.stat(root)]}
+    stack: list[tuple[str, str]] = [(str(root), "")]
+    while stack:
+        folder, prefix = stack.pop()
+        try:
+            with os.scandir(folder) as entries:
+                items = sorted(entries, key=lambda e: e.name)
+        except OSError:
+            links["unreadable_folders"] += 1
+            continue
+        for entry in items:
+            rel = prefix + entry.name
+            try:
+                link = entry.is_symlink()
+                if link:
+                    target = os.path.realpath(entry.path)
+                    if target == top or target.startswith(top + os.sep):
+                        links["inside_source"] += 1
+                        continue
+                    if not follow_symlinks:
+                        links["outside_source"] += 1
+                        continue
+                st = entry.stat(follow_symlinks=link)
+            except OSError:
+                links["broken"] += 1
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                if (st.st_dev, st.st_ino) in seen:
+                    links["already_visited"] += 1
+                    continue
+                seen.add((st.st_dev, st.st_ino))
+                stack.append((entry.path, rel + "/"))
+            elif stat.S_ISREG(st.st_mode):
+                yield Path(entry.path), rel, st
+            else:
+                continue
+            links["followed"] += link
 
 
 def fingerprint(items: list) -> str:

@@ -39,7 +39,7 @@ from pipeline.runlog import root_cause, setup_logging, versions
 from pipeline.runstate import RunState
 from pipeline.serve import TeacherError
 from pipeline.service import LLMService
-from pipeline.stage import Decisions, Records, role_of
+from pipeline.stage import Decisions, Plan, Records, role_of
 from pipeline.stage import uses_llm as stage_uses_llm
 
 log = logging.getLogger("pipeline")
@@ -212,11 +212,14 @@ def _stage(ctx: _Context, index: int, entry: StageEntry, upstream: str | None,
             result.skipped.append(entry.name)
         return existing
     units: list[dict] = []
+    info: dict = {}
     if role == "source":
         try:
             units = entry.module.plan(cfg.sources, entry.config)
         except io.SourceError as exc:
             raise RunError(f"stage {entry.name!r}: {exc}") from exc
+        if isinstance(units, Plan):
+            units, info = units.units, dict(units.info)
         input_fp = io.fingerprint(units)
         config_hash = entry.config_hash([s.model_dump(mode="json") for s in cfg.sources])
     else:
@@ -247,7 +250,6 @@ def _stage(ctx: _Context, index: int, entry: StageEntry, upstream: str | None,
     rejected = run_dir / "rejected" / folder.name
     tmp_out, tmp_rej = io.temp_sibling(folder), io.temp_sibling(rejected)
     started = time.time()
-    info: dict = {}
     ctx.state.stage(entry.name, "running")
     try:
         if role == "source":

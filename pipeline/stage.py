@@ -4,8 +4,9 @@ Every stage module has a pydantic ``Config`` (unknown keys are errors) and an op
 ``VERSION`` string (bump it when the stage's output changes for the same config; it is part of
 the config hash). Then exactly one of:
 
-- **source** stage: ``plan(sources, config) -> list[dict]`` splits the inputs into JSON-able work
-  units, and ``read(unit, config) -> Iterator[pa.Table]`` turns one unit into record batches.
+- **source** stage: ``plan(sources, config) -> list[dict] | Plan`` splits the inputs into
+  JSON-able work units (a :class:`Plan` adds ``info`` for the ledger, e.g. links not followed),
+  and ``read(unit, config) -> Iterator[pa.Table]`` turns one unit into record batches.
 - **record** stage: ``process(batch: pa.Table, config) -> pa.Table``, a pure function returning
   the batch, one row per input row, with a ``drop_reason`` column (null = kept). A stage that
   sets ``USES_LLM = True`` gets a third argument ``llm`` (``llm.chat(requests, model=None)``,
@@ -91,6 +92,14 @@ def _set(table: pa.Table, name: str, column: pa.Array) -> pa.Table:
     if name in table.column_names:
         return table.set_column(table.column_names.index(name), name, column)
     return table.append_column(name, column)
+
+
+@dataclass
+class Plan:
+    """A source stage's work units, with what planning found for the ledger's ``info``."""
+
+    units: list[dict]
+    info: dict = field(default_factory=dict)
 
 
 @dataclass

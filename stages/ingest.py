@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -34,7 +35,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline import io
-from pipeline.stage import DROP_DETAIL, DROP_REASON
+from pipeline.stage import DROP_DETAIL, DROP_REASON, Plan
 
 VERSION = "1"
 
@@ -62,12 +63,17 @@ class Config(BaseModel):
     batch_rows: int = Field(default=2000, ge=1)
 
 
-def plan(sources: list, config: Config) -> list[dict]:
-    """Split every source into work units (groups of files, or row groups of big Parquet files)."""
+def plan(sources: list, config: Config) -> Plan:
+    """Split every source into work units (groups of files, or row groups of big Parquet files);
+    the ledger's info counts, per source, the symbolic links that were not followed."""
     units: list[dict] = []
+    links: dict[str, dict] = {}
     for src in sources:
         include = src.include or DEFAULT_INCLUDE[src.kind]
-        files = io.list_files(src.path, include, src.exclude)
+        counts: Counter = Counter()
+        files = io.list_files(src.path, include, src.exclude, src.follow_symlinks, counts)
+        if any(counts.values()):
+            links[src.name] = dict(sorted(counts.items()))
         if src.sample < 1.0:
             files = [f for f in files if io.stable_unit(f"{src.name}/{f.relpath}") < src.sample]
         head = {"source": src.name, "kind": src.kind, "text_field": src.text_field,
@@ -85,7 +91,7 @@ def plan(sources: list, config: Config) -> list[dict]:
                 units.append({**head, "files": group})
         else:
             units.extend({**head, "files": [[f.uri, f.relpath, f.size, f.mtime_ns]]} for f in files)
-    return units
+    return Plan(units, {"symlinks": links} if links else {})
 
 
 class _Batch:

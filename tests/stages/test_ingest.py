@@ -132,11 +132,11 @@ def test_uri_sources_and_sampling(tmp_path):
     for i in range(200):
         (tmp_path / f"f{i:03d}.txt").write_text(f"document {i}")
     src = load_config(make_config(tmp_path, f'[[sources]]\nname = "u"\nkind = "files"\npath = "file://{tmp_path}"\ninclude = ["*.txt"]\nsample = 0.25\n', "[stages.ingest]\n"))
-    units = ingest.plan(src.sources, src.stage("ingest").config)
+    units = ingest.plan(src.sources, src.stage("ingest").config).units
     files = [f for u in units for f in u["files"]]
     assert 25 < len(files) < 75  # a stable quarter
     assert all(f[0].startswith("file://") for f in files)
-    again = ingest.plan(src.sources, src.stage("ingest").config)
+    again = ingest.plan(src.sources, src.stage("ingest").config).units
     assert again == units
     tables = list(ingest.read(units[0], src.stage("ingest").config))
     assert sum(t.num_rows for t in tables) == len(units[0]["files"])
@@ -150,3 +150,37 @@ def test_source_that_disappears_is_a_clear_error(tmp_path, ray_local, quiet_cons
     (tmp_path / "data").rmdir()
     with pytest.raises(RunError, match="source path does not exist"):
         run_pipeline(cfg, console=quiet_console)
+
+
+def test_a_symlink_loop_is_walked_once_and_links_out_are_counted_not_followed(
+        tmp_path, ray_local, quiet_console):
+    docs = tmp_path / "docs"
+    (docs / "sub").mkdir(parents=True)
+    for i in range(5):
+        (docs / ("sub" if i % 2 else "") / f"d{i}.txt").write_text(f"document number {i}")
+    (docs / "loop").symlink_to(docs)  # a folder that contains itself
+    (docs / "sub" / "up").symlink_to("..")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("not part of the source")
+    (docs / "out").symlink_to(outside)
+    (docs / "out.txt").symlink_to(outside / "secret.txt")
+    (docs / "dangling.txt").symlink_to(tmp_path / "missing.txt")
+    source = f'[[sources]]\nname = "d"\nkind = "files"\npath = "{docs}"\n'
+    result = run_pipeline(load_config(make_config(tmp_path, source, "[stages.ingest]\n")),
+                          console=quiet_console)
+    record = result.records[0]
+    assert record["rows_in"] == record["rows_kept"] == 5  # each document once, nothing else
+    assert record["info"]["symlinks"]["d"] == {"inside_source": 2, "outside_source": 3,
+                                               "followed": 0}
+    kept = read_folder(result.run_dir / "stages" / "01-ingest")
+    assert sorted(kept.column("path").to_pylist()) == [
+        "d0.txt", "d2.txt", "d4.txt", "sub/d1.txt", "sub/d3.txt"]
+
+    follow = source + "follow_symlinks = true\n"
+    again = run_pipeline(load_config(make_config(tmp_path, follow, "[stages.ingest]\n")),
+                         console=quiet_console)
+    paths = read_folder(again.run_dir / "stages" / "01-ingest").column("path").to_pylist()
+    assert sorted(paths) == ["d0.txt", "d2.txt", "d4.txt", "out.txt", "out/secret.txt",
+                             "sub/d1.txt", "sub/d3.txt"]
+    assert again.records[0]["info"]["symlinks"]["d"]["broken"] == 1
