@@ -81,6 +81,9 @@ class LLMConfig(BaseModel):
 
 @dataclass
 class Request:
+    """One chat completion. Sampling fields left None take the ``[llm]`` defaults (``top_p``)
+    or are not sent (``stop``, the penalties); whatever is sent is part of the cache key."""
+
     messages: list[dict]
     temperature: float | None = None
     max_tokens: int | None = None
@@ -88,6 +91,10 @@ class Request:
     seed: int | None = None
     json_mode: bool = False
     schema: dict | None = None
+    top_p: float | None = None
+    stop: list[str] | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
 
 
 @dataclass
@@ -158,8 +165,12 @@ class LLMClient:
         cfg = self.config
         out = {"model": cfg.model, "messages": request.messages,
                "temperature": cfg.temperature if request.temperature is None else request.temperature,
-               "top_p": cfg.top_p, "max_tokens": request.max_tokens or cfg.max_tokens, "n": request.n,
+               "top_p": cfg.top_p if request.top_p is None else request.top_p,
+               "max_tokens": request.max_tokens or cfg.max_tokens, "n": request.n,
                "seed": cfg.seed if request.seed is None else request.seed}
+        for name in ("stop", "presence_penalty", "frequency_penalty"):
+            if getattr(request, name) is not None:
+                out[name] = getattr(request, name)
         if request.json_mode:
             out["response_format"] = {"type": "json_object"}
             if request.schema and self.schema_style == "llama_cpp":

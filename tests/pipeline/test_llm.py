@@ -192,3 +192,19 @@ def test_teacher_does_not_outlive_a_killed_pipeline(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_stop_and_penalties_are_sent_and_keyed(server, tmp_path):
+    path = tmp_path / "cache.sqlite"
+    plain = ask("tasks please")
+    tuned = Request(plain.messages, top_p=0.5, stop=["\n\n", "16."], presence_penalty=2.0,
+                    frequency_penalty=0.5)
+    config = LLMConfig(model="scripted")
+    client = LLMClient(config, server.base_url)
+    params = client.params(tuned)
+    assert params["top_p"] == 0.5 and params["stop"] == ["\n\n", "16."]
+    assert params["presence_penalty"] == 2.0 and params["frequency_penalty"] == 0.5
+    assert "stop" not in client.params(plain) and client.params(plain)["top_p"] == config.top_p
+    run(server, [plain, tuned], cache=path)
+    run(server, [plain, tuned], cache=path)
+    assert server.requests == 2  # two keys, each paid once
