@@ -356,12 +356,14 @@ def _filtered(result: Result) -> Result:
 
 
 def _connection(exc: openai.APIConnectionError) -> str:
-    """The connection error with its cause (``Connection refused``), not only 'Connection error.'."""
-    cause = exc.__cause__ or exc.__context__
-    while cause is not None and (cause.__cause__ or cause.__context__) is not None \
-            and str(cause) == "":
-        cause = cause.__cause__ or cause.__context__
-    return f"{exc}: {cause}" if cause is not None and str(cause) else str(exc)
+    """The connection error's root cause (``[Errno 111] Connection refused``), not only the
+    client's 'Connection error.'."""
+    chain, node = [], exc.__cause__ or exc.__context__
+    while node is not None and node not in chain:
+        chain.append(node)
+        node = node.__cause__ or node.__context__
+    causes = [str(c) for c in chain if str(c)]
+    return f"{exc} {causes[-1]}" if causes else str(exc)
 
 
 def _retry_after(exc: openai.APIStatusError) -> float | None:

@@ -76,13 +76,14 @@ def summary_lines(state: dict) -> list[tuple[str, str]]:
     if outcome == "running":
         outcome = "running, or stopped without a trace (killed)"
     lines = [(style, f"last run: {outcome} ({when})")]
-    if state.get("error"):
+    stages = state.get("stages", {})
+    failed = [info for info in stages.values() if info.get("status") == "failed"]
+    if state.get("error") and not failed:
         lines.append(("red", state["error"]))
-    for name, info in state.get("stages", {}).items():
+    for name, info in stages.items():
         status = info.get("status")
         if status == "failed":
-            lines.append(("red", f"stage {info.get('folder', name)}: failed: "
-                                 f"{info.get('error', '').splitlines()[0] if info.get('error') else ''}"))
+            lines.append(("red", f"stage {info.get('folder', name)}: {info.get('error', 'failed')}"))
         elif status in ("pending", "running"):
             lines.append(("yellow", f"stage {info.get('folder', name)}: not finished ({status})"))
     lines += [("red", f"not done: {text}") for text in state.get("problems", [])]
