@@ -6,8 +6,10 @@ seeds (``sampling = "requests"``, which every endpoint honours) or one request w
 (``"n"``; llama.cpp's server ignores ``n`` and answers once). Each distinct answer is rated 1-10
 by the judge on the rubric in ``prompts/preference_judge.txt`` (instruction following,
 correctness, helpfulness, clarity; validated JSON), pointwise as in UltraFeedback (Cui et al.
-2023), whose binarization also takes the best-rated answer as ``chosen`` and another as
-``rejected``; we take the worst, as in Tunstall et al. 2023 (Zephyr), for the widest margin.
+2023). The best-rated answer is ``chosen``; ``rejected`` is the worst-rated one (``"worst"``, the
+widest margin) or, as UltraFeedback's binarization for Zephyr did (Tunstall et al. 2023: "one of
+the remaining three at random"), a random one of the others (``"random"``, seeded by the row).
+Pairs whose scores are less than ``min_margin`` apart are ties.
 
 Output: the input row plus ``prompt``, ``chosen``, ``rejected``, ``chosen_score``,
 ``rejected_score``, ``scores`` (every judged answer's), ``completions`` (distinct answers),
@@ -21,6 +23,7 @@ answers judged), ``tie`` (best and worst score less than ``min_margin`` apart).
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from typing import Literal
 
@@ -48,6 +51,7 @@ class Config(BaseModel):
     judge_prompt: str = "preference_judge"
     judge_max_tokens: int = Field(default=200, ge=16)
     min_margin: int = Field(default=1, ge=1)
+    rejected: Literal["worst", "random"] = "worst"
     seed: int = 0
 
 
@@ -76,14 +80,17 @@ def sample(prompts_: list[str], ids: list[str], config: Config, llm) -> list[lis
     return [flat[n * config.k:(n + 1) * config.k] for n in range(len(prompts_))]
 
 
-def decide(texts: list[str], scores: list[int | None], errors: list[str],
-           min_margin: int) -> tuple[dict, str | None, str | None]:
-    """Chosen = the first best-scored answer, rejected = the first worst-scored one."""
+def decide(texts: list[str], scores: list[int | None], errors: list[str], min_margin: int,
+           rejected: str = "worst", seed: int = 0) -> tuple[dict, str | None, str | None]:
+    """Chosen = the first best-scored answer; rejected = the first worst-scored one, or a
+    random other one (``rejected = "random"``, drawn with ``seed``)."""
     judged = [(s, t) for s, t in zip(scores, texts) if s is not None]
     if len(judged) < 2:
         return {}, "judge_failed", "; ".join(errors)[:500]
     best = max(judged, key=lambda st: st[0])
-    worst = min(judged, key=lambda st: st[0])
+    others = [st for st in judged if st is not best]
+    worst = min(judged, key=lambda st: st[0]) if rejected == "worst" else \
+        random.Random(seed).choice(others)
     values = {"chosen": best[1], "rejected": worst[1], "chosen_score": best[0],
               "rejected_score": worst[0]}
     if best[0] - worst[0] < min_margin:
@@ -118,7 +125,8 @@ def process(batch: pa.Table, config: Config, llm) -> pa.Table:
         judged = by_prompt[n]
         scores = [v.parsed.score if v.ok else None for v in judged]
         errors = [f"{v.error}: {v.detail or ''}"[:120] for v in judged if not v.ok]
-        values, reason, detail = decide(distinct[n], scores, errors, config.min_margin)
+        values, reason, detail = decide(distinct[n], scores, errors, config.min_margin,
+                                        config.rejected, _synth.derive_seed(config.seed, ids[n]))
         rows.append({**values, "scores": [s for s in scores if s is not None]})
         reasons.append(reason)
         details.append(detail)

@@ -112,6 +112,7 @@ class SFTConfig(LoopConfig):
 
 class DPOConfig(SFTConfig):
     beta: float = Field(default=0.1, gt=0)
+    disable_dropout: bool = True  # in the policy and the reference, as TRL's DPO does
     prompt_column: str = "prompt"
     chosen_column: str = "chosen"
     rejected_column: str = "rejected"

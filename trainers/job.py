@@ -44,7 +44,14 @@ def build(job: Job, rt, cfg):
 
     from trainers.chat import ChatExamples, PreferencePairs
     from trainers.data import PackedBlocks, Split
-    from trainers.models import add_lora, count_params, load_pretrained, new_phi, quiet_transformers
+    from trainers.models import (
+        add_lora,
+        count_params,
+        disable_dropout,
+        load_pretrained,
+        new_phi,
+        quiet_transformers,
+    )
     from trainers.objectives import DPO, CausalLM
     from trainers.tokenizer import load_tokenizer
 
@@ -61,6 +68,8 @@ def build(job: Job, rt, cfg):
         model = load_pretrained(job.base, rt.device, bool(cfg.lora and cfg.lora.quantize_4bit))
         if cfg.lora:
             model = add_lora(model, cfg.lora)
+        if job.objective == "dpo" and cfg.disable_dropout:
+            facts["dropout_disabled"] = disable_dropout(model)
         rows = read_rows(job.files)
         if job.objective == "sft":
             examples = ChatExamples.build(rows, tok, cfg.columns, cfg.seq_len)

@@ -145,6 +145,22 @@ def add_lora(model, lora):
     return get_peft_model(model, config)
 
 
+def disable_dropout(model) -> int:
+    """Dropout off everywhere (``nn.Dropout`` modules and attention dropout rates), as TRL's
+    DPO does by default: the policy's log-probs must be comparable with the reference's.
+    Returns how many places had a non-zero rate."""
+    import torch
+
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout) and module.p:
+            module.p, changed = 0.0, changed + 1
+        rate = getattr(module, "attention_dropout", None)
+        if isinstance(rate, float) and rate:
+            module.attention_dropout, changed = 0.0, changed + 1
+    return changed
+
+
 def count_params(model, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 

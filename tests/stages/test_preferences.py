@@ -52,6 +52,13 @@ def test_decide_picks_best_and_worst_and_flags_ties():
     assert decide(["a", "b"], [5, None], ["llm_invalid_json"], 1)[1] == "judge_failed"
 
 
+def test_decide_random_rejected_is_one_of_the_others_fixed_by_the_seed():
+    texts, scores = ["a", "b", "c", "d"], [4, 9, 2, 6]
+    picks = {decide(texts, scores, [], 1, "random", seed)[0]["rejected"] for seed in range(40)}
+    assert picks == {"a", "c", "d"}  # never the chosen one, every other one for some seed
+    assert decide(texts, scores, [], 1, "random", 7) == decide(texts, scores, [], 1, "random", 7)
+
+
 def test_preference_pairs_through_the_llm_layer(tmp_path, ray_local, quiet_console):
     rows = [{"text": f"Explain topic number {i}."} for i in range(8)]
     rows[1]["text"] = "Explain ties: tie please"

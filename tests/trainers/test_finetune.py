@@ -189,3 +189,19 @@ def test_fsdp_without_gpus_is_refused_before_starting(tmp_path, tokenizer_dir, s
     job = pretrain_job(tmp_path, tokenizer_dir, shards, workers=2, strategy="fsdp")
     with pytest.raises(TrainError, match="needs GPU workers"):
         run_workers(job, 2, "fsdp", use_gpu=False)
+
+
+def test_dpo_disables_dropout_as_trl_does():
+    from transformers import PhiConfig, PhiForCausalLM
+
+    from trainers.config import DPOConfig
+    from trainers.models import disable_dropout
+
+    config = PhiConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                       num_attention_heads=4, resid_pdrop=0.1, embd_pdrop=0.1,
+                       attention_dropout=0.1)
+    model = PhiForCausalLM(config)
+    assert disable_dropout(model) > 0
+    assert all(m.p == 0 for m in model.modules() if isinstance(m, torch.nn.Dropout))
+    assert all(getattr(m, "attention_dropout", 0.0) == 0.0 for m in model.modules())
+    assert DPOConfig(dataset="d", base="b").disable_dropout
