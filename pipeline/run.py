@@ -193,7 +193,7 @@ def _train_and_evaluate(cfg: PipelineConfig, result: RunResult, console: Console
         raise RunError(f"training failed: {root_cause(exc)} (finished models are kept; a rerun "
                        "resumes from the last checkpoint)") from exc
     for name, path in result.models.items():
-        state.item("models", name, "trained", path=str(path))
+        state.item("models", name, "done", path=str(path))
     for name, reason in skipped.items():
         state.item("models", name, "skipped", reason=reason)
         result.warnings.append(f"model {name} skipped: {reason}")
