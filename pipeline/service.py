@@ -42,7 +42,10 @@ class LLMService:
         """The endpoint's failure, if the circuit breaker opened, with the teacher's record."""
         if self.handle is None:
             return None
-        message = runner.ask(self.handle, "endpoint_failure")
+        try:
+            message = runner.ask(self.handle, "endpoint_failure")
+        except Exception:  # the actor itself is gone: the stage's own error says more
+            return None
         if message and self.teacher is not None and self.teacher.state():
             message += f"\n  watchdog: {self.teacher.state()}"
         return message
@@ -51,7 +54,10 @@ class LLMService:
         """Log what changed in the client since last asked (a JSON-schema fallback)."""
         if self.handle is None:
             return
-        events = runner.ask(self.handle, "events")
+        try:
+            events = runner.ask(self.handle, "events")
+        except Exception:  # the actor itself is gone: the stage reports that
+            return
         for event in events[self.seen_events:]:
             log.warning("LLM client: %s", event)
             self.console.print(f"[yellow]LLM client: {event}[/yellow]")
