@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import platform
 import signal
 import threading
 import time
@@ -32,7 +33,9 @@ def test_the_installed_build_has_no_amx_kernels():
     from pipeline.serve import build_info
 
     info = build_info()
-    assert "AMX_INT8 = 0" in info and "AVX2 = 1" in info
+    assert "AMX_INT8 = 0" in info
+    if platform.machine() == "x86_64":
+        assert "AVX2 = 1" in info  # the portable baseline
 
 
 @pytest.mark.timeout(300)
