@@ -15,6 +15,7 @@ from pathlib import Path
 # with video/audio/flowchart/diagram from Alpaca's).
 BLACKLIST = ("image", "images", "graph", "graphs", "picture", "pictures", "file", "files", "map",
              "maps", "draw", "plot", "go to", "video", "audio", "flowchart", "diagram")
+ALPACA_BLACKLIST = BLACKLIST + ("music",)  # Alpaca's generate_instruction.py adds "music"
 NUMBERED = re.compile(r"(?:^|\n)[ \t]*(?:#+[ \t]*)?\d+[ \t]?[.)][ \t]*")
 OUTPUT_MARK = re.compile(r"Output\s*\d*\s*:")
 INPUT_MARK = re.compile(r"Input\s*\d*\s*:")

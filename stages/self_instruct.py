@@ -18,7 +18,10 @@
    outputs loses all of them.
 
 ``mode = "alpaca"``: each prompt shows ``prompt_tasks`` seed examples in Alpaca's ``###`` format
-and the teacher writes instruction, input and output together; the same filters apply.
+and the teacher writes instruction, input and output together; the same filters apply. Its
+defaults are Alpaca's ``generate_instruction.py`` (keys you set win): 3 in-context examples from
+the seed tasks only (``machine_tasks = 0``), a prompt for ``alpaca_count`` = 20 tasks stopped at
+"20." (``stop``), temperature 1.0, top_p 1.0, a 3,072-token budget, its blacklist (with "music").
 
 Resuming: prompts, their in-context samples and the request seeds are fixed by ``seed``, the
 round and the request number, so a rerun (a larger ``target_count``, or after a crash) replays
@@ -41,7 +44,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -90,6 +93,20 @@ class Config(BaseModel):
     input_first_prompt: str = "self_instruct_input_first"
     output_first_prompt: str = "self_instruct_output_first"
     alpaca_prompt: str = "alpaca_tasks"
+    alpaca_count: int = Field(default=20, ge=2)  # tasks an Alpaca prompt asks for (examples included)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)  # None: [llm] top_p
+    stop: list[str] | None = None  # stop sequences of the task requests
+
+    @model_validator(mode="before")
+    @classmethod
+    def _alpaca_defaults(cls, data: Any) -> Any:
+        """Alpaca's own settings as the defaults of ``mode = "alpaca"``."""
+        if isinstance(data, dict) and data.get("mode") == "alpaca":
+            count = data.get("alpaca_count", 20)
+            data = {"prompt_tasks": 3, "machine_tasks": 0, "temperature": 1.0, "top_p": 1.0,
+                    "max_tokens": 3072, "blacklist": list(si.ALPACA_BLACKLIST),
+                    "stop": [f"\n{count}", f"{count}.", f"{count} ."], **data}
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> Config:
@@ -137,7 +154,8 @@ class Bootstrap:
         pick.shuffle(shown)
         if cfg.mode == "alpaca":
             examples = [(t["instruction"], *_first_instance(t)) for t in shown]
-            return self.template.render(examples=si.format_alpaca(examples), next=len(shown) + 1)
+            return self.template.render(examples=si.format_alpaca(examples), next=len(shown) + 1,
+                                        count=cfg.alpaca_count)
         listed = "\n".join(f"{i}. {t['instruction'].rstrip(':')}" for i, t in enumerate(shown, 1))
         return self.template.render(tasks=listed, next=len(shown) + 1)
 
@@ -150,7 +168,8 @@ class Bootstrap:
         cfg = self.config
         seeds = [_synth.derive_seed(cfg.seed, round_no, i) for i in range(cfg.requests_per_round)]
         requests = [Request([{"role": "user", "content": self.prompt(round_no, i)}],
-                            temperature=cfg.temperature, max_tokens=cfg.max_tokens, seed=seeds[i])
+                            temperature=cfg.temperature, max_tokens=cfg.max_tokens, seed=seeds[i],
+                            top_p=cfg.top_p, stop=cfg.stop)
                     for i in range(cfg.requests_per_round)]
         results = self.ctx.llm.chat(requests)
         candidates: list[dict] = []

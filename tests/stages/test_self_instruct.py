@@ -149,7 +149,7 @@ ROUTES = [
     (r"For a classification task, first write",
      "Class label: Ancient\nInput: A clay pot from 3000 BC.\nClass label: Modern\nInput: A phone."),
     (r"Come up with examples for the task", input_first_reply),
-    (r"come up with a set of diverse task instructions",
+    (r"come up with a set of \d+ diverse task instructions",
      "Name a bird that cannot fly.\n5. Input:\n<noinput>\n5. Output:\nThe penguin.\n###\n"
      "6. Instruction: Put the numbers in ascending order.\n6. Input:\n3, 1, 2\n6. Output:\n1, 2, 3"),
 ]
@@ -238,3 +238,15 @@ def test_embedded_teacher_bootstraps_new_tasks(tmp_path, ray_local, quiet_consol
     assert rec["rows_kept"] >= 1, rec["rejected_by_reason"]
     kept = read_folder(result.run_dir / "stages" / "02-self_instruct").to_pylist()
     assert all(r["instruction"] and r["output"] for r in kept)
+
+
+def test_alpaca_mode_defaults_are_alpaca_s_own_and_explicit_keys_win():
+    from stages import self_instruct
+
+    alpaca = self_instruct.Config(mode="alpaca")
+    assert (alpaca.prompt_tasks, alpaca.machine_tasks, alpaca.temperature, alpaca.top_p,
+            alpaca.max_tokens) == (3, 0, 1.0, 1.0, 3072)
+    assert "music" in alpaca.blacklist and alpaca.stop == ["\n20", "20.", "20 ."]
+    assert self_instruct.Config(mode="alpaca", prompt_tasks=4, temperature=0.5).prompt_tasks == 4
+    plain = self_instruct.Config()
+    assert plain.prompt_tasks == 8 and "music" not in plain.blacklist and plain.stop is None
