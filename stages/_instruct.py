@@ -16,10 +16,18 @@ from pathlib import Path
 BLACKLIST = ("image", "images", "graph", "graphs", "picture", "pictures", "file", "files", "map",
              "maps", "draw", "plot", "go to", "video", "audio", "flowchart", "diagram")
 ALPACA_BLACKLIST = BLACKLIST + ("music",)  # Alpaca's generate_instruction.py adds "music"
-NUMBERED = re.compile(r"(?:^|\n)[ \t]*(?:#+[ \t]*)?\d+[ \t]?[.)][ \t]*")
-OUTPUT_MARK = re.compile(r"Output\s*\d*\s*:")
-INPUT_MARK = re.compile(r"Input\s*\d*\s*:")
-EXAMPLE_MARK = re.compile(r"Example\s?\d*\.?")
+# a list item's number at a line start, markdown and chat variants included: "9.", "10)", "### 9.",
+# "- 9.", "**9.**", "**9**.", "Task 9:" (the number is captured)
+NUMBERED = re.compile(r"(?:^|\n)[ \t]*(?:#+[ \t]*|[-*][ \t]+)?(?:\*\*|__)?(?:Task[ \t]*)?(\d+)"
+                      r"(?:\*\*|__)?[ \t]?[.):](?:\*\*|__)?[ \t]*")
+OUTPUT_MARK = re.compile(r"(?:\*\*|__)?Output\s*\d*\s*:(?:\*\*|__)?")
+INPUT_MARK = re.compile(r"(?:\*\*|__)?Input\s*\d*\s*:(?:\*\*|__)?")
+EXAMPLE_MARK = re.compile(r"(?:^|\n)[ \t]*(?:#+[ \t]*)?(?:\*\*|__)?Example\s?\d*\s*[.:]?(?:\*\*|__)?")
+# what a chat model says to the reader after its answer ("I hope these help!", "Let me know ...")
+SIGN_OFF = re.compile(r"\b(hope|let me know|feel free|happy to|glad to|enjoy|good luck|have fun|"
+                      r"these (examples|tasks|instructions)|the (examples|tasks) above|"
+                      r"if you (need|have|want|would)|any (other|more|further) (questions|tasks)|"
+                      r"I('ve| have| hope| can)|you can (use|adapt|modify))\b", re.IGNORECASE)
 NEXT_TASK = re.compile(r"\n\s*Task\s*:")
 
 
@@ -56,17 +64,50 @@ def load_seed_tasks(path: str) -> tuple[list[dict], str]:
     return tasks, text
 
 
-def split_numbered(text: str) -> list[tuple[str, bool]]:
-    """The items of a numbered list, each with whether it came before any number (a lead-in,
-    or the continuation of the number the prompt ended with)."""
+def split_numbered(text: str, first: int | None = None) -> list[tuple[str, bool]]:
+    """The items of a numbered list, each with whether it is a chat model's lead-in.
+
+    The prompt ends with the number ``first``, so text before any number is either that task
+    (a continuation, when the list goes on at ``first + 1``) or a lead-in: when the list starts
+    again at ``first`` or anywhere else (chat models restart at 1), whatever its punctuation, or
+    when it ends with a colon. Each item ends at a blank line or
+    where a line follows a finished sentence, so a sign-off after the last task is dropped."""
     parts = NUMBERED.split(text)
-    return [(part, i == 0) for i, part in enumerate(parts) if part.strip()]
+    numbers = [int(n) for n in parts[1::2]]
+    lead = parts[0]
+    chatter = lead.rstrip().endswith(":") or (first is not None and bool(numbers)
+                                              and numbers[0] != first + 1)
+    items = [(lead, chatter)] + [(part, False) for part in parts[2::2]]
+    return [(_one_item(part), flag) for part, flag in items if _one_item(part)]
+
+
+def _one_item(text: str) -> str:
+    """A list item's own lines: up to a blank line, or a line after a finished sentence."""
+    kept: list[str] = []
+    for line in text.strip().split("\n"):
+        if not line.strip() or (kept and re.search(r"[.!?][*_\"')\]]*$", kept[-1].rstrip())):
+            break
+        kept.append(line)
+    return "\n".join(kept).strip()
+
+
+def drop_sign_off(text: str) -> str:
+    """An answer without a chat model's closing line: a last line or paragraph of one short
+    sentence addressed to the reader (``SIGN_OFF``) after other content."""
+    lines = text.rstrip().split("\n")
+    last = lines[-1].strip()
+    body = "\n".join(lines[:-1]).strip()
+    one_sentence = len(last.split()) <= 30 and len(re.findall(r"[.!?](\s|$)", last)) <= 1
+    if body and one_sentence and SIGN_OFF.search(last):
+        return body
+    return text.strip()
 
 
 def clean(text: str) -> str:
-    """Whitespace collapsed, first letter upper-cased (the reference's ``capitalize()`` would
-    also lower-case every later letter, names and acronyms included)."""
-    text = re.sub(r"\s+", " ", text).strip().strip("*").strip()
+    """Whitespace collapsed, markdown emphasis around the text removed, first letter
+    upper-cased (the reference's ``capitalize()`` would also lower-case every later letter,
+    names and acronyms included)."""
+    text = re.sub(r"\s+", " ", text).strip().strip("*_").strip()
     return text[:1].upper() + text[1:]
 
 
@@ -102,7 +143,8 @@ def _input_output(text: str) -> tuple[str, str]:
     else:
         before, after = "", text
     after = INPUT_MARK.split(after, maxsplit=1)[0]  # a second example run together
-    before = re.sub(r"^\s*Input\s*\d*\s*:", "", before.strip())
+    before = INPUT_MARK.sub("", before.strip(), count=1) if INPUT_MARK.match(before.strip()) \
+        else before.strip()
     return before.strip(), after.strip()
 
 
@@ -113,32 +155,42 @@ def _own_task(text: str) -> str:
 
 def parse_input_first(text: str) -> list[tuple[str, str]]:
     """Examples of a generation task: ``Example N / Input: / Output:`` blocks."""
-    text = _own_task(text)
+    text = drop_sign_off(_own_task(text))
     if EXAMPLE_MARK.search(text):
-        return [_input_output(block) for block in EXAMPLE_MARK.split(text) if block.strip()]
+        blocks = EXAMPLE_MARK.split(text)
+        if not OUTPUT_MARK.search(blocks[0]):  # a lead-in before the first example
+            blocks = blocks[1:]
+        return [_input_output(block) for block in blocks if block.strip()]
     if OUTPUT_MARK.search(text):
-        return [_input_output(text)]
+        return [_input_output(text[INPUT_MARK.search(text).start():]
+                              if INPUT_MARK.search(text) else text)]
     return []
 
 
 def parse_output_first(text: str) -> list[tuple[str, str]]:
     """Examples of a classification task: ``Class label: X`` then the input on the next lines."""
-    text = _own_task(text)
+    text = re.sub(r"(?:\*\*|__)?Class label\s*:(?:\*\*|__)?", "Class label:",
+                  drop_sign_off(_own_task(text)))
     if "Class label:" not in text:
         return []
     out = []
     for block in text.split("Class label:")[1:]:
         label, _, rest = block.strip().partition("\n")
-        rest = re.sub(r"^\s*Input\s*\d*\s*:", "", rest.strip())
-        out.append((rest.strip(), label.strip()))
+        rest = INPUT_MARK.sub("", rest.strip(), count=1) if INPUT_MARK.match(rest.strip()) \
+            else rest.strip()
+        out.append((rest.strip(), label.strip().strip("*_").strip()))
     return out
 
 
 def parse_alpaca(text: str, first: int) -> list[tuple[str, str, str] | None]:
     """Alpaca's ``###``-separated ``N. Instruction/Input/Output`` triples; None for a block that
     does not have the three fields."""
-    if not re.match(r"\s*\d+\.\s*Instruction:", text or ""):
-        text = f"{first}. Instruction:" + (text or "")
+    text = drop_sign_off(text or "")
+    restart = re.search(rf"(?m)^[ \t]*(?:###[ \t]*\n[ \t]*)?{first}\.\s*Instruction:", text)
+    if restart and restart.start() > 0 and not re.match(r"\s*\d+\.\s*Instruction:", text):
+        text = text[restart.start():]  # a lead-in before the list starts again at ``first``
+    if not re.match(r"\s*(?:###\s*)?\d+\.\s*Instruction:", text):
+        text = f"{first}. Instruction:" + text
     out = []
     for block in text.split("###"):
         if not block.strip():

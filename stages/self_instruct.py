@@ -4,8 +4,13 @@
 
 1. rounds: ``requests_per_round`` prompts, each showing ``prompt_tasks`` (8) in-context tasks,
    ``machine_tasks`` (2) of them machine-generated once the pool has some, the rest from the
-   human seed tasks, asking for more (``prompts/self_instruct_tasks.txt``). The reply's numbered
-   list is split into candidates; a reply cut by ``finish_reason == "length"`` loses its last.
+   human seed tasks, asking for more (``prompts/self_instruct_tasks.txt``), sampled as the
+   reference did (temperature 0.7, top_p 0.5, presence_penalty 2, stop at the 16th task). The
+   reply's numbered list is split into candidates; a reply cut by ``finish_reason == "length"``
+   loses its last. Chat teachers' habits are parsed away: a lead-in before the list (whatever
+   its punctuation: the list restarts instead of continuing), a sign-off after it, markdown
+   numbering (``**9.**``, ``Task 9:``, ``9)``) and emphasis; the same for the examples' lead-ins,
+   ``**Example 1:**``/``**Input:**`` marks and closing lines (``_instruct.drop_sign_off``).
 2. filters, in the reference code's order: word count (it drops <= 3 and > 150 words), a keyword
    blacklist, "Write a program", leading punctuation, a non-ASCII first character, then ROUGE-L
    F > 0.7 against any task in the pool (seeds, machine tasks, earlier candidates of the round).
@@ -95,18 +100,30 @@ class Config(BaseModel):
     alpaca_prompt: str = "alpaca_tasks"
     alpaca_count: int = Field(default=20, ge=2)  # tasks an Alpaca prompt asks for (examples included)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)  # None: [llm] top_p
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     stop: list[str] | None = None  # stop sequences of the task requests
 
     @model_validator(mode="before")
     @classmethod
-    def _alpaca_defaults(cls, data: Any) -> Any:
-        """Alpaca's own settings as the defaults of ``mode = "alpaca"``."""
-        if isinstance(data, dict) and data.get("mode") == "alpaca":
+    def _reference_defaults(cls, data: Any) -> Any:
+        """The reference's sampling as defaults (keys you set win): Self-Instruct's
+        ``bootstrap_instructions.py`` (top_p 0.5, presence_penalty 2, stop at the 16th task)
+        or Alpaca's ``generate_instruction.py`` (``mode = "alpaca"``). One difference: the
+        reference also stopped at a blank line ("\\n\\n", a GPT-3 list's end); a chat model
+        puts one after its lead-in ("Sure! Here are ...\\n\\n9. ..."), where it would stop the
+        reply before its first task. SmolLM2-135M writes no blank line in its lists: with and
+        without it, the same 8 kept instances and 14 tasks (measured, main job's settings)."""
+        if not isinstance(data, dict):
+            return data
+        if data.get("mode") == "alpaca":
             count = data.get("alpaca_count", 20)
-            data = {"prompt_tasks": 3, "machine_tasks": 0, "temperature": 1.0, "top_p": 1.0,
+            return {"prompt_tasks": 3, "machine_tasks": 0, "temperature": 1.0, "top_p": 1.0,
                     "max_tokens": 3072, "blacklist": list(si.ALPACA_BLACKLIST),
                     "stop": [f"\n{count}", f"{count}.", f"{count} ."], **data}
-        return data
+        last = 2 * data.get("prompt_tasks", 8)  # as many new tasks as shown ones
+        return {"top_p": 0.5, "presence_penalty": 2.0, "frequency_penalty": 0.0,
+                "stop": [f"\n{last}", f"{last}.", f"{last} ."], **data}
 
     @model_validator(mode="after")
     def _check(self) -> Config:
@@ -169,7 +186,8 @@ class Bootstrap:
         seeds = [_synth.derive_seed(cfg.seed, round_no, i) for i in range(cfg.requests_per_round)]
         requests = [Request([{"role": "user", "content": self.prompt(round_no, i)}],
                             temperature=cfg.temperature, max_tokens=cfg.max_tokens, seed=seeds[i],
-                            top_p=cfg.top_p, stop=cfg.stop)
+                            top_p=cfg.top_p, stop=cfg.stop, presence_penalty=cfg.presence_penalty,
+                            frequency_penalty=cfg.frequency_penalty)
                     for i in range(cfg.requests_per_round)]
         results = self.ctx.llm.chat(requests)
         candidates: list[dict] = []
@@ -216,7 +234,8 @@ class Bootstrap:
             parsed = si.parse_alpaca(text, cfg.prompt_tasks + 1)
             items = [(p, False) if p else (None, False) for p in parsed]
         else:
-            items = [((si.clean(part), "", ""), lead) for part, lead in si.split_numbered(text)]
+            items = [((si.clean(part), "", ""), lead)
+                     for part, lead in si.split_numbered(text, cfg.prompt_tasks + 1)]
         for triple, lead in items:
             if triple is None:
                 out.append({"drop_reason": "unparseable_reply", "drop_detail": text[:500]})
@@ -225,7 +244,7 @@ class Bootstrap:
             row = {"instruction": instruction, "input": inp or None, "output": output or None}
             problem = si.instruction_problem(instruction, cfg.min_words, cfg.max_words,
                                              tuple(cfg.blacklist)) if instruction else ("too_short", "0 words")
-            if lead and instruction.endswith(":"):
+            if lead:  # a chat model's lead-in, not a task
                 problem = ("lead_in", None)
             if problem:
                 row.update(drop_reason=problem[0], drop_detail=problem[1])

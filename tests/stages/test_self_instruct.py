@@ -249,4 +249,85 @@ def test_alpaca_mode_defaults_are_alpaca_s_own_and_explicit_keys_win():
     assert "music" in alpaca.blacklist and alpaca.stop == ["\n20", "20.", "20 ."]
     assert self_instruct.Config(mode="alpaca", prompt_tasks=4, temperature=0.5).prompt_tasks == 4
     plain = self_instruct.Config()
-    assert plain.prompt_tasks == 8 and "music" not in plain.blacklist and plain.stop is None
+    assert plain.prompt_tasks == 8 and "music" not in plain.blacklist
+    assert (plain.top_p, plain.presence_penalty, plain.stop) == (0.5, 2.0, ["\n16", "16.", "16 ."])
+
+
+LEAD_INS = ["Sure! Here are some new tasks for you", "Of course, happy to help with this one",
+            "Absolutely. Below you will find what you asked for"]
+SIGN_OFFS = ["I hope these are useful for your project!", "Let me know if you would like more",
+             "Feel free to ask for another batch."]
+
+
+def chatty(reply):
+    """A chat model's habit: a lead-in sentence before the answer, a sign-off after it."""
+    def answer(body: dict) -> str:
+        text = reply(body) if callable(reply) else reply
+        text = text[0] if isinstance(text, tuple) else text
+        h = int(hashlib.sha256(body["messages"][-1]["content"].encode()).hexdigest(), 16)
+        return f"{LEAD_INS[h % 3]}\n\n{text}\n\n{SIGN_OFFS[h % 7 % 3]}"
+    return answer
+
+
+def markdown_tasks(body: dict) -> str:
+    """New tasks numbered the ways chat models number them, restarting at the prompt's 9."""
+    reply, _ = bootstrap_reply(body)
+    items = reply.split("\n")[1:]
+    styles = ["**{n}.** {t}", "{n}. **{t}**", "Task {n}: {t}", "{n}) {t}", "### {n}. {t}"]
+    return "\n".join(styles[i % 5].format(n=9 + i, t=item.split(". ", 1)[1])
+                     for i, item in enumerate(items))
+
+
+CHATTY_ROUTES = [
+    (r"Continue the numbered list from", chatty(markdown_tasks)),
+    (r"Decide whether each task is a classification task",
+     lambda body: "Yes" if task_of(body).startswith("Classify") else "No"),
+    (r"For a classification task, first write",
+     chatty("**Class label:** Ancient\nInput: A clay pot from 3000 BC.\n\n"
+            "**Class label:** Modern\nInput: A phone.")),
+    (r"Come up with examples for the task",
+     chatty("**Example 1:**\n**Input:** a cold morning\n**Output:** Ice forms.\n\n"
+            "Example 2:\nOutput: Birds leave.")),
+    (r"come up with a set of \d+ diverse task instructions",
+     chatty("###\n5. Instruction: Name a bird that cannot fly.\n5. Input:\n<noinput>\n5. Output:\n"
+            "The penguin.\n###\n6. Instruction: Put the numbers in ascending order.\n6. Input:\n"
+            "3, 1, 2\n6. Output:\n1, 2, 3")),
+]
+
+
+def test_a_chat_teacher_s_lead_ins_sign_offs_and_markdown_never_reach_kept_records(
+        tmp_path, ray_local, quiet_console):
+    write_jsonl(tmp_path / "in" / "x.jsonl", [{"text": "unused by self_instruct"}])
+    sources = f'[[sources]]\nname = "x"\nkind = "jsonl"\npath = "{tmp_path / "in"}"\n'
+    with ScriptedServer(routes=CHATTY_ROUTES) as srv:
+        extra = f'[llm]\nbase_url = "{srv.base_url}"\nmodel = "scripted"\n'
+        path = make_config(tmp_path, sources, STAGES.format(target=10), extra=extra)
+        result = run_pipeline(load_config(path), console=quiet_console)
+    rows = (read_folder(result.run_dir / "stages" / "02-self_instruct").to_pylist()
+            + read_folder(result.run_dir / "stages" / "03-alpaca").to_pylist())
+    assert len(rows) > 20
+    chatter = ["Sure!", "Here are some", "happy to help", "Absolutely", "you will find",
+               "I hope", "useful for your", "Let me know", "would like more", "Feel free",
+               "another batch", "**", "Task 1", "###"]
+    leaked = [(r["instruction"], r["input"], r["output"]) for r in rows
+              if any(c in (r[k] or "") for c in chatter for k in ("instruction", "input", "output"))]
+    assert leaked == []
+    tasks = {r["instruction"] for r in rows}
+    assert any(t.startswith("Classify the") for t in tasks)  # a "Task 10:" item, unwrapped
+    assert {r["output"] for r in rows if not r["is_classification"]} >= {"Ice forms.", "Birds leave.",
+                                                                        "The penguin.", "1, 2, 3"}
+    assert {r["output"] for r in rows if r["is_classification"]} == {"Ancient", "Modern"}
+    assert result.records[1]["rejected_by_reason"]["lead_in"] > 0
+
+
+def test_lead_ins_and_sign_offs_are_told_from_tasks_whatever_their_punctuation():
+    restart = "Sure thing, here you go\n9. Name a river.\n10. Plan a trip.\nEnjoy these tasks"
+    assert si.split_numbered(restart, 9) == [("Sure thing, here you go", True),
+                                             ("Name a river.", False), ("Plan a trip.", False)]
+    assert si.split_numbered("Here you go\n1. Name a river.", 9)[0] == ("Here you go", True)
+    continued = " Name a river in Asia\n10. Plan a trip."  # a completion-style continuation of 9.
+    assert si.split_numbered(continued, 9) == [("Name a river in Asia", False),
+                                               ("Plan a trip.", False)]
+    assert si.drop_sign_off("Ice forms.\n\nI hope this helps") == "Ice forms."
+    assert si.drop_sign_off("First paragraph.\n\nThe second one ends the essay.") == \
+        "First paragraph.\n\nThe second one ends the essay."
