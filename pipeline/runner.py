@@ -34,6 +34,7 @@ from ray.data.datasource import Datasink, Datasource, ReadTask
 
 from pipeline import io
 from pipeline.endpoint import EndpointError
+from pipeline.join import DecisionIndex
 from pipeline.llm import LLMClient, LLMConfig, Request, Result
 from pipeline.stage import BOOKKEEPING, DROP_REASON, STAGE_COLUMN, Decisions, GlobalContext
 
@@ -273,23 +274,15 @@ def read_parts(files: list[Path], columns: list[str] | None = None) -> ray.data.
     return ray.data.read_datasource(source, override_num_blocks=blocks)
 
 
-_DECISIONS: dict[str, pa.Table] = {}
+_DECISIONS: dict[str, DecisionIndex] = {}  # one per worker process: the stage's Decisions
 
 
 def _join_decisions(batch: pa.Table, ref: Any) -> pa.Table:
     key = ref.hex()
     if key not in _DECISIONS:
         _DECISIONS.clear()
-        _DECISIONS[key] = ray.get(ref)
-    decisions = _DECISIONS[key]
-    index = pc.index_in(batch.column("id"), value_set=decisions.column("id"))
-    out = batch.drop_columns([c for c in decisions.column_names if c != "id" and c in batch.column_names])
-    for name in decisions.column_names:
-        if name != "id":
-            out = out.append_column(name, pc.take(decisions.column(name), index))
-    if DROP_REASON not in out.column_names:
-        out = out.append_column(DROP_REASON, pa.nulls(out.num_rows, pa.string()))
-    return out
+        _DECISIONS[key] = DecisionIndex(ray.get(ref))
+    return _DECISIONS[key].join(batch)
 
 
 class Executor:

@@ -182,3 +182,21 @@ def test_root_cause_finds_the_stage_error_inside_ray_wrappers():
     outer.__cause__ = inner
     assert root_cause(outer) == "ValueError: the real problem"
     assert root_cause(KeyError("k")) == "KeyError: 'k'"
+
+
+def test_decision_index_finds_every_id_even_when_hashes_collide(monkeypatch):
+    import pyarrow as pa
+
+    from pipeline import join
+
+    decisions = pa.table({"id": ["a", "bb", "cc", "ddd"], "drop_reason": ["x", None, "y", "z"]})
+    batch = pa.table({"id": ["cc", "zz", "a", "ddd", "bb", "q"], "text": list("123456")})
+    expect = [2, None, 0, 3, 1, None]
+    assert join.DecisionIndex(decisions).positions(batch.column("id")).to_pylist() == expect
+    # ids of one length share a "hash": the exact lookup must still tell them apart
+    monkeypatch.setattr(join, "_hashes", lambda values: pc.utf8_length(values).to_numpy().astype("uint64"))
+    index = join.DecisionIndex(decisions)
+    assert index.positions(batch.column("id")).to_pylist() == expect
+    joined = index.join(batch)
+    assert joined.column("drop_reason").to_pylist() == ["y", None, "x", "z", None, None]
+    assert joined.column("text").to_pylist() == list("123456")
