@@ -77,8 +77,8 @@ def split_numbered(text: str, first: int | None = None) -> list[tuple[str, bool]
     lead = parts[0]
     chatter = lead.rstrip().endswith(":") or (first is not None and bool(numbers)
                                               and numbers[0] != first + 1)
-    items = [(lead, chatter)] + [(part, False) for part in parts[2::2]]
-    return [(_one_item(part), flag) for part, flag in items if _one_item(part)]
+    items = [(_one_item(lead), chatter)] + [(_one_item(part), False) for part in parts[2::2]]
+    return [(item, flag) for item, flag in items if item]
 
 
 def _one_item(text: str) -> str:

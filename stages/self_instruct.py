@@ -121,7 +121,8 @@ class Config(BaseModel):
             return {"prompt_tasks": 3, "machine_tasks": 0, "temperature": 1.0, "top_p": 1.0,
                     "max_tokens": 3072, "blacklist": list(si.ALPACA_BLACKLIST),
                     "stop": [f"\n{count}", f"{count}.", f"{count} ."], **data}
-        last = 2 * data.get("prompt_tasks", 8)  # as many new tasks as shown ones
+        shown = data.get("prompt_tasks", cls.model_fields["prompt_tasks"].default)
+        last = 2 * shown  # as many new tasks as shown ones
         return {"top_p": 0.5, "presence_penalty": 2.0, "frequency_penalty": 0.0,
                 "stop": [f"\n{last}", f"{last}.", f"{last} ."], **data}
 
