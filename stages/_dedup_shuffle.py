@@ -6,9 +6,9 @@ file; partition ``p`` of a shuffle is the folder ``<dir>/p{p:04d}/``, one file p
 named after the task, so a retried task rewrites its own files (Arrow IPC, see ``write_part``).
 
     signature_task  unit      -> bands/p(key)     doc, band, key
-    candidate_task  partition -> pairs/p(a)       a, b             (returns the documents seen)
+    candidate pairs (``stages/_dedup_pairs.py``)   -> pairs/rN/p(a)   a, b   (round N)
     sets_task       unit      -> sets/p(doc)      doc, values      (involved documents only)
-    join_left_task  partition -> joined/p(b)      a, b, a_values   (or edges, when not verifying)
+    join_left_task  partition -> joined/rN/p(b)   a, b, a_values   (or edges, when not verifying)
     score_task      partition -> edges/p(b)       a, b, jaccard    (verified edges only)
 
 No task holds more than one partition of pairs or sets; the driver sees counts and the sorted
@@ -22,7 +22,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numba
 import numpy as np
 import polars as pl
 import pyarrow as pa
@@ -140,45 +139,6 @@ def signature_task(unit: Unit, config, out: str) -> dict:
     return {"docs": unit.rows, "empty": empty, "shingles": shingles}
 
 
-@numba.njit(cache=True)
-def bucket_pairs(docs, starts, max_bucket):
-    """Pairs of each bucket ``docs[starts[g]:starts[g + 1]]`` (sorted): all of them, or in a
-    bucket larger than ``max_bucket`` each member with its next ``max_bucket`` members."""
-    count = 0
-    for g in range(len(starts) - 1):
-        n = starts[g + 1] - starts[g]
-        for i in range(n - 1):
-            count += min(n - 1 - i, max_bucket)
-    left = np.empty(count, dtype=np.int64)
-    right = np.empty(count, dtype=np.int64)
-    k = 0
-    for g in range(len(starts) - 1):
-        lo, hi = starts[g], starts[g + 1]
-        for i in range(lo, hi - 1):
-            for j in range(i + 1, min(hi, i + 1 + max_bucket)):
-                left[k] = docs[i]
-                right[k] = docs[j]
-                k += 1
-    return left, right
-
-
-def candidate_task(part: int, bands: str, out: str, partitions: int, max_bucket: int,
-                   inputs: int) -> np.ndarray:
-    """Documents sharing a band key, as pairs a < b shuffled by a (pairs of two reference
-    documents, numbered from ``inputs``, left out). Returns the sorted documents paired."""
-    frame = read_partition(bands, part, {"doc": pl.Int64, "band": pl.Int16, "key": pl.UInt64})
-    frame = frame.sort("band", "key", "doc")
-    band, key = frame["band"].to_numpy(), frame["key"].to_numpy()
-    new = np.ones(frame.height, dtype=bool)
-    new[1:] = (band[1:] != band[:-1]) | (key[1:] != key[:-1])
-    starts = np.append(np.flatnonzero(new), frame.height).astype(np.int64)
-    left, right = bucket_pairs(frame["doc"].to_numpy().astype(np.int64), starts, max_bucket)
-    mine = left < inputs
-    pairs = pl.DataFrame({"a": left[mine], "b": right[mine]}).unique()
-    write_partitioned(pairs, pl.col("a"), partitions, out, f"c{part:04d}")
-    return np.unique(np.concatenate([pairs["a"].to_numpy(), pairs["b"].to_numpy()]))
-
-
 def sets_task(unit: Unit, config, involved: np.ndarray, out: str) -> int:
     """The sorted shingle sets (``verify = "exact"``) or signatures (``"estimate"``) of the
     unit's documents that are in ``involved``, shuffled by document."""
@@ -209,13 +169,17 @@ SETS = {"doc": pl.Int64, "values": pl.List(pl.UInt64)}
 PAIRS = {"a": pl.Int64, "b": pl.Int64}
 
 
-def join_left_task(part: int, pairs: str, sets: str | None, out: str, config) -> int:
-    """Unique pairs of partition ``part`` with a's set, shuffled by b; without verification
-    (``sets`` None), the pairs themselves are the edges (Jaccard taken as 1)."""
+def join_left_task(part: int, pairs: str, seen: list[str], sets: str | None, out: str, config,
+                   name: str) -> int:
+    """Unique pairs of partition ``part`` not already in the ``seen`` pair folders (earlier
+    rounds), with a's set, shuffled by b; without verification (``sets`` None), the pairs
+    themselves are the edges (Jaccard taken as 1), written to ``out`` as ``name``."""
     frame = read_partition(pairs, part, PAIRS).unique()
+    for earlier in seen:
+        frame = frame.join(read_partition(earlier, part, PAIRS), on=["a", "b"], how="anti")
     if sets is None:
         edges = frame.with_columns(pl.lit(1.0).alias("jaccard"))
-        write_partitioned(edges, pl.col("b"), config.partitions, out, f"a{part:04d}")
+        write_partitioned(edges, pl.col("b"), config.partitions, out, f"{name}-{part:04d}")
         return edges.height
     left = read_partition(sets, part, SETS).rename({"doc": "a", "values": "a_values"})
     write_partitioned(frame.join(left, on="a"), pl.col("b"), config.partitions, out, f"a{part:04d}")
@@ -242,16 +206,16 @@ def pair_scores(left: pl.Series, right: pl.Series, verify: str) -> np.ndarray:
     return mh.pair_jaccard(values, offsets, np.arange(n), np.arange(n, 2 * n))
 
 
-def score_task(part: int, joined: str, sets: str, out: str, config) -> int:
+def score_task(part: int, joined: str, sets: str, out: str, config, name: str) -> int:
     """Pairs of partition ``part`` joined with b's set and scored; those at or above the
-    threshold are written as edges."""
+    threshold are written to ``out`` as edges named ``name``."""
     frame = read_partition(joined, part, {**PAIRS, "a_values": pl.List(pl.UInt64)})
     right = read_partition(sets, part, SETS).rename({"doc": "b", "values": "b_values"})
     frame = frame.join(right, on="b")
     score = pair_scores(frame["a_values"], frame["b_values"], config.verify)
     edges = frame.select("a", "b").with_columns(pl.Series("jaccard", score, pl.Float64)) \
         .filter(pl.col("jaccard") >= config.threshold)
-    write_part(edges, out, part)
+    write_part(edges, out, part, name)
     return edges.height
 
 

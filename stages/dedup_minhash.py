@@ -57,8 +57,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pipeline import io
 from pipeline.stage import DROP_REASON, Decisions, GlobalContext
 from stages import _dedup_graph as gr
+from stages import _dedup_pairs as pr
 from stages import _dedup_shuffle as sh
-from stages._clusters import keep_order, size_histogram
+from stages._clusters import KEPT, keep_order, size_histogram
 
 VERSION = "2"
 REF = "ref/"
@@ -115,35 +116,48 @@ def _lsh_params(threshold: float, num_perm: int, fp: float, fn: float) -> tuple[
     return _optimal_param(threshold, num_perm, fp, fn)
 
 
-def _rank(ctx: GlobalContext, config: Config, involved: np.ndarray, inputs: int,
-          refs: int) -> tuple[pl.Series, np.ndarray]:
-    """Input ids in document order, and the keep-policy rank of each involved document
+def _keep_order(ctx: GlobalContext, config: Config, inputs: int,
+                refs: int) -> tuple[pl.Series, np.ndarray]:
+    """Input ids in document order, and the keep-policy position of every document number
     (reference documents first, in their order)."""
     columns = ["id"] + {"longest": ["n_chars"], "highest": [config.column]}.get(config.keep, [])
     tables = [pq.read_table(f, columns=columns) for f in ctx.input_files]
     frame = pl.from_arrow(pa.concat_tables(tables, promote_options="permissive"))
     ranked = keep_order(frame.with_row_index("doc"), config.keep, config.column)
-    rank = np.empty(inputs, dtype=np.int64)
-    rank[ranked["doc"].to_numpy()] = ranked["rank"].to_numpy()
-    mine = involved < inputs
-    return frame["id"], np.where(mine, refs + rank[np.where(mine, involved, 0)], involved - inputs)
+    order = np.empty(inputs + refs, dtype=np.int64)
+    order[ranked["doc"].to_numpy()] = refs + ranked["rank"].to_numpy()
+    order[inputs:] = np.arange(refs)
+    return frame["id"], order
 
 
-def _verify(ctx: GlobalContext, config: Config, work: dict, units: list, involved: np.ndarray,
-            parts: list[int]) -> tuple[int, int]:
-    """Candidate pairs scored partition by partition; returns (candidate pairs, edges)."""
+def _verify(ctx: GlobalContext, config: Config, work: dict, round_: int) -> tuple[int, int]:
+    """The pairs of round ``round_`` not compared before, scored partition by partition;
+    returns (new candidate pairs, edges)."""
+    parts = list(range(config.partitions))
+    pairs, seen = f"{work['pairs']}/r{round_}", [f"{work['pairs']}/r{r}" for r in range(1, round_)]
     if config.verify == "none":
-        pairs = ctx.run_tasks(sh.join_left_task, parts, pairs=work["pairs"], sets=None,
-                              out=work["edges"], config=config)
-        return sum(pairs), sum(pairs)
-    needed = [u for u in units if np.searchsorted(involved, u.first + u.rows) >
-              np.searchsorted(involved, u.first)]
-    ctx.run_tasks(sh.sets_task, needed, config=config, involved=involved, out=work["sets"])
-    pairs = ctx.run_tasks(sh.join_left_task, parts, pairs=work["pairs"], sets=work["sets"],
-                          out=work["joined"], config=config)
-    edges = ctx.run_tasks(sh.score_task, parts, joined=work["joined"], sets=work["sets"],
-                          out=work["edges"], config=config)
-    return sum(pairs), sum(edges)
+        found = ctx.run_tasks(sh.join_left_task, parts, pairs=pairs, seen=seen, sets=None,
+                              out=work["edges"], config=config, name=f"r{round_}-")
+        return sum(found), sum(found)
+    joined = f"{work['joined']}/r{round_}"
+    new = ctx.run_tasks(sh.join_left_task, parts, pairs=pairs, seen=seen, sets=work["sets"],
+                        out=joined, config=config, name="a")
+    edges = ctx.run_tasks(sh.score_task, parts, joined=joined, sets=work["sets"],
+                          out=work["edges"], config=config, name=f"r{round_}")
+    return sum(new), sum(edges)
+
+
+def _cluster(ctx: GlobalContext, config: Config, graph: gr.Graph, work: dict, edges: int,
+             round_: int) -> tuple[np.ndarray, np.ndarray, str, int]:
+    """The greedy over every edge so far: (keepers, similarities, mode, rounds over Ray)."""
+    mode = config.clusters if config.clusters != "auto" else \
+        ("local" if edges <= config.local_edges else "distributed")
+    if mode == "local":
+        return *gr.local(graph, work["edges"], config.partitions), mode, 0
+    finish = config.local_edges if config.clusters == "auto" else -1
+    keeper, best, rounds = gr.distributed(ctx, graph, work["edges"], f"{work['rounds']}/r{round_}",
+                                          config.partitions, finish)
+    return keeper, best, mode, rounds
 
 
 def run(ctx: GlobalContext, config: Config) -> Decisions:
@@ -156,44 +170,62 @@ def run(ctx: GlobalContext, config: Config) -> Decisions:
         timings[name] = round(clock[-1] - clock[-2], 3)
 
     work = {name: str(ctx.scratch_dir / name)
-            for name in ("bands", "pairs", "sets", "joined", "edges", "rounds")}
+            for name in ("bands", "large", "pairs", "sets", "joined", "edges", "rounds")}
     units = sh.plan_units(ctx.input_files)
     inputs = sum(u.rows for u in units)
     ref_files = [p for r in config.reference for p in (io.parquet_parts(Path(r)) or [Path(r)])]
     ref_units = sh.plan_units(ref_files, first=inputs, index=len(units))
-    order = sh.largest_first(units + ref_units)
-    config = config.model_copy(update={"partitions": config.partitions or sh.auto_partitions(order)})
+    tasks = sh.largest_first(units + ref_units)
+    config = config.model_copy(update={"partitions": config.partitions or sh.auto_partitions(tasks)})
     parts = list(range(config.partitions))
-    counts = ctx.run_tasks(sh.signature_task, order, config=config, out=work["bands"])
-    empty = sum(c["empty"] for u, c in zip(order, counts) if u.index < len(units))
+    counts = ctx.run_tasks(sh.signature_task, tasks, config=config, out=work["bands"])
+    empty = sum(c["empty"] for u, c in zip(tasks, counts) if u.index < len(units))
     lap("signatures_s")
-    seen = ctx.run_tasks(sh.candidate_task, parts, bands=work["bands"], out=work["pairs"],
-                         partitions=config.partitions, max_bucket=config.max_bucket, inputs=inputs)
-    involved = np.unique(np.concatenate(seen))
+    ids, order = _keep_order(ctx, config, inputs, sum(u.rows for u in ref_units))
+    seen = ctx.run_tasks(pr.candidate_task, parts, bands=work["bands"], out=f"{work['pairs']}/r1",
+                         large=work["large"], partitions=config.partitions,
+                         max_bucket=config.max_bucket, inputs=inputs, order=order)
+    involved = np.unique(np.concatenate([docs for docs, _ in seen]))
+    large = sum(n for _, n in seen)
     lap("candidates_s")
-    candidates, edges = _verify(ctx, config, work, order, involved, parts)
+    if config.verify != "none":
+        needed = [u for u in tasks if np.searchsorted(involved, u.first + u.rows) >
+                  np.searchsorted(involved, u.first)]
+        ctx.run_tasks(sh.sets_task, needed, config=config, involved=involved, out=work["sets"])
+    candidates, edges = _verify(ctx, config, work, 1)
     lap("verify_s")
-    ids, rank = _rank(ctx, config, involved, inputs, sum(u.rows for u in ref_units))
-    graph = gr.Graph.build(involved, rank)
-    mode = config.clusters if config.clusters != "auto" else \
-        ("local" if edges <= config.local_edges else "distributed")
-    rounds = 0
-    if mode == "local":
-        keeper, best = gr.local(graph, work["edges"], config.partitions)
-    else:
-        finish = config.local_edges if config.clusters == "auto" else -1
-        keeper, best, rounds = gr.distributed(ctx, graph, work["edges"], work["rounds"],
-                                              config.partitions, finish)
-    table = gr.decisions(graph, keeper, best, ids, ref_units, REF)
+    graph = gr.Graph.build(involved, order[involved])
+    keeper, best, mode, rounds = _cluster(ctx, config, graph, work, edges, 1)
     lap("clusters_s")
+    pairing, window = 1, 1
+    while large:  # large buckets: each kept member against the kept members before it
+        window = min(2 * window, config.max_bucket)
+        kept = np.sort(graph.docs[keeper == KEPT])
+        results = ctx.run_tasks(pr.leader_task, parts, large=work["large"],
+                                out=f"{work['pairs']}/r{pairing + 1}", partitions=config.partitions,
+                                window=window, max_bucket=config.max_bucket, inputs=inputs, kept=kept)
+        wider = any(short for _, short in results)
+        found = 0
+        if any(n for n, _ in results):
+            pairing += 1
+            new, found = _verify(ctx, config, work, pairing)
+            candidates, edges = candidates + new, edges + found
+        if found:
+            keeper, best, mode, rounds = _cluster(ctx, config, graph, work, edges, pairing)
+        elif not wider:
+            break
+    lap("leader_rounds_s")
+    table = gr.decisions(graph, keeper, best, ids, ref_units, REF)
+    lap("decisions_s")
     info = {
         "bands": bands, "rows": rows, "num_perm": config.num_perm, "threshold": config.threshold,
         "shingle": f"{config.unit} {config.ngram}-grams", "scheme": config.scheme, "verify": config.verify,
         "false_positive_probability": _false_positive_probability(config.threshold, bands, rows),
         "false_negative_probability": _false_negative_probability(config.threshold, bands, rows),
         "documents": inputs, "empty_documents": empty, "candidate_pairs": candidates,
-        "verified_pairs": edges, "clusters": mode, "cluster_rounds": rounds,
-        "partitions": config.partitions, "units": len(order),
+        "verified_pairs": edges, "large_bucket_rows": large, "pairing_rounds": pairing,
+        "clusters": mode, "cluster_rounds": rounds,
+        "partitions": config.partitions, "units": len(tasks),
         "near_duplicates": int((table["drop_reason"] == "near_duplicate").sum()),
         "reference_duplicates": int((table["drop_reason"] == "reference_duplicate").sum()),
         "cluster_sizes": size_histogram(table), "timings": timings,
