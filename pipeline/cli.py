@@ -1,4 +1,4 @@
-"""The ``pipeline`` command: init, run, train, eval, serve, status, inspect."""
+"""The ``pipeline`` command: init, run, train, eval, ablate, serve, status, inspect."""
 
 from __future__ import annotations
 
@@ -108,11 +108,23 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> int:
     else:
         folder = Path(args.model)
         conf = EvalConfig.model_validate(overrides)
-        dataset = path_dataset(Path(conf.dataset)) if conf.dataset else None
+        dataset = {**path_dataset(Path(conf.dataset)), "whole": True} if conf.dataset else None
         with runner.ray_session(None, None, None), tempfile.TemporaryDirectory() as tokens:
             results = {args.model: evaluate_model(folder, conf, dataset, Path(tokens), console)}
     for name, result in results.items():
         print(json.dumps({"model": name, **{k: v for k, v in result.items() if k != "samples"}}))
+    return 0
+
+
+def cmd_ablate(args: argparse.Namespace, console: Console) -> int:
+    from pipeline.config import load_config
+    from trainers.ablation import run_ablations
+
+    cfg = load_config(args.config, args.set or [])
+    with _training_session(cfg):
+        reports = run_ablations(cfg, None if args.target == "all" else _split(args.target), console)
+    for name, path in reports.items():
+        console.print(f"ablation [bold]{name}[/bold] -> {path / 'report.md'}")
     return 0
 
 
@@ -174,6 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--humaneval", type=int, help="number of HumanEval problems (0-164)")
     p.add_argument("--set", action="append", metavar="KEY.PATH=VALUE", help="override a key")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("ablate", help="train a model per data variant and seed, compare them")
+    p.add_argument("target", help="an [ablation.NAME] (comma-separated for several) or 'all'")
+    p.add_argument("config")
+    p.add_argument("--set", action="append", metavar="KEY.PATH=VALUE", help="override a key")
+    p.set_defaults(func=cmd_ablate)
 
     p = sub.add_parser("serve", help="run the embedded OpenAI-compatible teacher on 127.0.0.1")
     p.add_argument("--port", type=int, help="default: a free port")

@@ -103,6 +103,7 @@ class PipelineConfig(Strict):
     datasets: dict[str, DatasetSpec] = Field(default_factory=dict)
     train: list[Any] = Field(default_factory=list)  # trainers.config.TrainEntry, in file order
     eval: Any = None  # trainers.config.EvalConfig
+    ablation: dict[str, Any] = Field(default_factory=dict)  # trainers.config.AblationConfig
     path: Path = Field(exclude=True)
     raw: dict = Field(default_factory=dict, exclude=True, repr=False)
 
@@ -254,16 +255,19 @@ def config_from_dict(data: dict, path: Path) -> PipelineConfig:
         )
     entries = [_build_stage(name, table, path) for name, table in stage_tables.items()]
     train_tables, eval_table = data.pop("train", {}), data.pop("eval", None)
+    ablation_tables = data.pop("ablation", {})
     try:
         cfg = PipelineConfig.model_validate({**data, "stages": [], "path": path, "raw": {}})
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc, path)) from exc
     cfg.stages = entries
     _build_training(cfg, train_tables, eval_table, path)
+    _build_ablations(cfg, ablation_tables, path)
     for src in cfg.sources:
         if "://" not in src.path and not Path(src.path).is_absolute():
             src.path = str((path.parent / src.path).resolve())
-    cfg.raw = {**data, "stages": stage_tables, "train": train_tables, "eval": eval_table}
+    cfg.raw = {**data, "stages": stage_tables, "train": train_tables, "eval": eval_table,
+               "ablation": ablation_tables}
     _check_graph(cfg)
     return cfg
 
@@ -285,6 +289,34 @@ def _build_training(cfg: PipelineConfig, train_tables: Any, eval_table: Any, pat
         if model not in names and not (path.parent / model).exists() and not Path(model).exists():
             raise ConfigError(f"invalid configuration in {path}:\n  eval.models: {model!r} is "
                               "no [train.*] model and no existing folder")
+
+
+def _build_ablations(cfg: PipelineConfig, tables: Any, path: Path) -> None:
+    """``[ablation.*]``: validated now; their sources must be datasets, stages or paths."""
+    from trainers.config import AblationConfig
+
+    if not isinstance(tables, dict):
+        raise ConfigError(f"invalid configuration in {path}:\n  ablation: expected [ablation.NAME] tables")
+    problems = []
+    for name, table in tables.items():
+        try:
+            conf = AblationConfig.model_validate(table)
+        except ValidationError as exc:
+            raise ConfigError(_format_errors(exc, path, f"ablation.{name}.")) from exc
+        for ref in conf.sources() + [e.holdout for e in conf.evalsets if e.holdout]:
+            stage = ref.split(":", 1)[1] if ref.startswith("stage:") else None
+            known = stage in cfg.stage_names() if stage else (
+                ref in cfg.datasets or (path.parent / ref).exists() or Path(ref).exists())
+            if not known:
+                problems.append(f"ablation.{name}: {ref!r} is no dataset, no stage:NAME of this "
+                                "run and no existing path")
+        if conf.tokenizer and conf.tokenizer not in [e.name for e in cfg.train] \
+                and not (path.parent / conf.tokenizer).exists() and not Path(conf.tokenizer).exists():
+            problems.append(f"ablation.{name}.tokenizer: {conf.tokenizer!r} is no [train.*] "
+                            "tokenizer and no existing folder")
+        cfg.ablation[name] = conf
+    if problems:
+        raise ConfigError(f"invalid configuration in {path}:\n  " + "\n  ".join(problems))
 
 
 def _check_graph(cfg: PipelineConfig) -> None:

@@ -61,6 +61,7 @@ class RunResult:
     datasets: dict[str, Path] = field(default_factory=dict)
     models: dict[str, Path] = field(default_factory=dict)
     evaluations: dict[str, dict] = field(default_factory=dict)
+    ablations: dict[str, Path] = field(default_factory=dict)  # report folders
     problems: list[str] = field(default_factory=list)  # asked for and not done: exit non-zero
     warnings: list[str] = field(default_factory=list)  # not done as the config allows (on_empty)
 
@@ -122,7 +123,7 @@ def run_pipeline(cfg: PipelineConfig, only: list[str] | None = None, force: list
             ctx = _Context(cfg, runner.Executor(cfg.ray.batch_size, llm), llm, state, console,
                            result, only, force or [])
             _stages_and_datasets(ctx)
-            if only is None and (cfg.train or cfg.eval):
+            if only is None and (cfg.train or cfg.eval or cfg.ablation):
                 _train_and_evaluate(cfg, result, console, state)
             if llm.teacher is not None and llm.teacher.state():
                 result.warnings.append(llm.teacher.state())
@@ -176,7 +177,8 @@ def _stages_and_datasets(ctx: _Context) -> None:
 
 def _train_and_evaluate(cfg: PipelineConfig, result: RunResult, console: Console,
                         state: RunState) -> None:
-    """The run's ``[train.*]`` models, then ``[eval]``: after the datasets they read."""
+    """The run's ``[train.*]`` models, then ``[eval]``, then ``[ablation.*]``: after the
+    datasets they read."""
     from trainers.run import TrainError, train_all
 
     skipped: dict[str, str] = {}
@@ -186,6 +188,10 @@ def _train_and_evaluate(cfg: PipelineConfig, result: RunResult, console: Console
             from trainers.evaluate import evaluate_run
 
             result.evaluations = evaluate_run(cfg, console)
+        if cfg.ablation:
+            from trainers.ablation import run_ablations
+
+            result.ablations = run_ablations(cfg, console=console)
     except TrainError as exc:
         raise RunError(str(exc)) from exc
     except Exception as exc:
@@ -194,6 +200,8 @@ def _train_and_evaluate(cfg: PipelineConfig, result: RunResult, console: Console
                        "resumes from the last checkpoint)") from exc
     for name, path in result.models.items():
         state.item("models", name, "done", path=str(path))
+    for name, path in result.ablations.items():
+        state.item("ablations", name, "done", path=str(path / "report.md"))
     for name, reason in skipped.items():
         state.item("models", name, "skipped", reason=reason)
         result.warnings.append(f"model {name} skipped: {reason}")

@@ -41,8 +41,8 @@ class RunState:
         self.save()
 
     def item(self, kind: str, name: str, status: str, **extra) -> None:
-        """A dataset's or a model's status (``kind``: datasets, models)."""
-        self.data[kind][name] = {"status": status, "at": _now(), **extra}
+        """A dataset's, a model's or an ablation's status (``kind``: datasets, models, ablations)."""
+        self.data.setdefault(kind, {})[name] = {"status": status, "at": _now(), **extra}
         self.save()
 
     def problem(self, text: str) -> None:

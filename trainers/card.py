@@ -48,6 +48,10 @@ def write_model_card(folder: Path, record: dict, evaluation: dict | None = None)
             lines.append(f"| {key} | {summary[key]} |")
     if record.get("wall_s") is not None:
         lines.append(f"| wall time (s) | {record['wall_s']} |")
+    if summary.get("mixture"):
+        from trainers.mixture import card_section
+
+        lines += [""] + card_section(summary["mixture"])
     if evaluation:
         lines += ["", "## Evaluation", "", "| metric | value |", "|---|---:|"]
         lines += [f"| {k} | {v} |" for k, v in evaluation.items() if not isinstance(v, dict | list)]

@@ -71,8 +71,10 @@ class TokenizerConfig(Strict):
 
 
 class PretrainConfig(LoopConfig):
-    dataset: str | list[str]
+    dataset: str | list[str] | dict[str, float]  # a table {name = weight}: a mixture by tokens
     text_column: str = "text"
+    upsample: Literal["none", "cluster_size"] = "none"  # repeat documents by dedup cluster size
+    max_repeats: int = Field(default=5, ge=1)  # the cap on those repeats
     tokenizer: str = "tokenizer"  # a [train.*] tokenizer, a tokenizer folder, or a model folder
     preset: str = "phi-tiny"  # see trainers/models.py PRESETS
     sample: float = Field(default=1.0, gt=0, le=1)  # tokenize this fraction of the documents
@@ -139,7 +141,72 @@ class EvalConfig(Strict):
     humaneval: int = Field(default=0, ge=0, le=164)  # problems (0: skip; 164: all)
     max_new_tokens: int = Field(default=256, ge=1)
     timeout_s: float = Field(default=10.0, gt=0)
+    sandbox: Literal["namespaces", "guards"] = "namespaces"  # guards: no kernel walls (risky)
+    sandbox_hide: list[str] = Field(default_factory=list)  # secrets completions must not see
     enabled: bool = True
+
+
+class AblationEvalSet(Strict):
+    """An evaluation set of an ablation: built-in (``humaneval``), a JSONL/Parquet file with
+    text fields, or a held-out slice of a dataset (its documents are then kept out of every
+    variant's training)."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    path: str | None = None
+    fields: list[str] = Field(default_factory=lambda: ["text"])
+    holdout: str | None = None  # a dataset, "stage:NAME" or path to hold a slice out of
+    max_chars: int = Field(default=200_000, ge=1000)  # the slice: documents by hash up to this
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> AblationEvalSet:
+        if self.path and self.holdout:
+            raise ValueError("an evaluation set is a path or a holdout, not both")
+        return self
+
+
+class AblationConfig(LoopConfig):
+    """``[ablation.NAME]``: one model preset trained on each data variant with equal tokens and
+    several seeds, evaluated on shared held-out sets. A variant is a dataset name, a stage's kept
+    rows (``"stage:NAME"``), a Parquet path, or a table ``{source = weight, ...}`` (a mixture)."""
+
+    variants: dict[str, str | dict[str, float]] = Field(min_length=1)
+    preset: str = "phi-tiny"
+    model: dict[str, Any] = Field(default_factory=dict)
+    tokenizer: str | None = None  # a [train.*] tokenizer or folder; default: trained on the union
+    vocab_size: int = Field(default=8192, ge=300)
+    tokenizer_chars: int = Field(default=5_000_000, ge=1000)  # union text, split among sources
+    tokens: int | None = Field(default=None, ge=1)  # per model; default: max_steps x step tokens
+    seeds: list[int] = Field(default_factory=lambda: [0, 1], min_length=1)
+    text_column: str = "text"
+    sample: float = Field(default=1.0, gt=0, le=1)  # of each source's documents, by text hash
+    upsample: Literal["none", "cluster_size"] = "none"
+    max_repeats: int = Field(default=5, ge=1)
+    evalsets: list[AblationEvalSet] = Field(
+        default_factory=lambda: [AblationEvalSet(name="humaneval")], min_length=1)
+    humaneval: int = Field(default=0, ge=0, le=164)  # pass@1 problems (0: skip; tiny models: noise)
+    max_new_tokens: int = Field(default=128, ge=1)
+    enabled: bool = True
+
+    @model_validator(mode="after")
+    def _sane(self) -> AblationConfig:
+        for name, spec in self.variants.items():
+            if isinstance(spec, dict) and (not spec or any(w <= 0 for w in spec.values())):
+                raise ValueError(f"variants.{name}: a mixture needs sources with positive weights")
+        names = [e.name for e in self.evalsets]
+        if len(set(names)) != len(names):
+            raise ValueError("evalsets: every evaluation set needs its own name")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError("seeds: repeated seed")
+        return self
+
+    def sources(self) -> list[str]:
+        """Every data source the variants draw from, in first-use order."""
+        out: list[str] = []
+        for spec in self.variants.values():
+            for name in ([spec] if isinstance(spec, str) else list(spec)):
+                if name not in out:
+                    out.append(name)
+        return out
 
 
 CONFIGS: dict[str, type[BaseModel]] = {

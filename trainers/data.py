@@ -2,9 +2,10 @@
 
 ``tokenize_to_shards`` runs one Ray task per Parquet file; each writes ``shard-NNNNN.bin``
 (uint16 when the vocabulary fits, else uint32): every document's tokens followed by EOS
-(optionally only a ``sample`` of the documents, chosen by a hash of their text). An
-``index.json`` names the shards, their token counts and the fingerprint of the inputs, so a
-rerun reuses the shards. ``PackedBlocks`` cuts the concatenated stream into blocks of
+(optionally only a ``sample`` of the documents, chosen by a hash of their text), and beside
+it ``shard-NNNNN.docs.npy``: each document's token count, text hash and dedup ``cluster_size``
+(1 without that column), what mixtures and held-out checks need. An ``index.json`` names the
+shards, their token counts and the fingerprint of the inputs, so a rerun reuses the shards. ``PackedBlocks`` cuts the concatenated stream into blocks of
 ``seq_len + 1`` tokens (inputs and next-token targets). ``Split`` holds every
 1/eval_fraction-th example (block, SFT example, DPO pair) out for the eval loss and serves
 micro-batch ``i`` of a seeded per-epoch permutation: the data cursor is a single integer that a
@@ -24,20 +25,37 @@ import pyarrow.parquet as pq
 from pipeline import io
 
 INDEX = "index.json"
+FORMAT = "docs-1"  # shard layout version, part of the fingerprint
+DOC_DTYPE = np.dtype([("tokens", np.int64), ("hash", np.uint64), ("cluster_size", np.int64)])
 
 
 def _dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 65535 else np.dtype(np.uint32)
 
 
-def sampled(texts: list, fraction: float) -> list[str]:
-    """Non-empty texts, and only the ``fraction`` of them whose CRC-32 falls under it: the same
-    documents whatever file or order they come in, so pretraining and evaluation agree."""
-    texts = [t for t in texts if t]
+def sample_mask(texts: list, fraction: float) -> list[bool]:
+    """Which texts are kept: non-empty ones, and only the ``fraction`` of them whose CRC-32 falls
+    under it: the same documents whatever file or order they come in, so pretraining and
+    evaluation agree."""
     if fraction >= 1.0:
-        return texts
+        return [bool(t) for t in texts]
     cut = fraction * 2**32
-    return [t for t in texts if zlib.crc32(t.encode("utf-8", "surrogatepass")) < cut]
+    return [bool(t) and zlib.crc32(t.encode("utf-8", "surrogatepass")) < cut for t in texts]
+
+
+def sampled(texts: list, fraction: float) -> list[str]:
+    """The texts ``sample_mask`` keeps."""
+    return [t for t, keep in zip(texts, sample_mask(texts, fraction)) if keep]
+
+
+def text_hash(text: str) -> int:
+    """A 64-bit hash of a document's words (whitespace-insensitive): equal documents, equal hash."""
+    words = " ".join(text.split()).encode("utf-8", "surrogatepass")
+    return int.from_bytes(hashlib.blake2b(words, digest_size=8).digest(), "little")
+
+
+def docs_path(shard: Path) -> Path:
+    return shard.with_name(shard.name.removesuffix(".bin") + ".docs.npy")
 
 
 def tokenize_file(path: str, tokenizer_dir: str, column: str, out_path: str,
@@ -52,13 +70,19 @@ def tokenize_file(path: str, tokenizer_dir: str, column: str, out_path: str,
     parquet = pq.ParquetFile(path)
     if column not in parquet.schema_arrow.names:
         raise ValueError(f"{path}: no column {column!r} (columns: {parquet.schema_arrow.names})")
+    columns = [column] + (["cluster_size"] if "cluster_size" in parquet.schema_arrow.names else [])
     docs = tokens = 0
+    table: list[np.ndarray] = []
     tmp = Path(out_path + ".tmp")
     with open(tmp, "wb") as fh:
-        for batch in parquet.iter_batches(columns=[column], batch_size=512):
-            texts = sampled(batch.column(0).to_pylist(), sample)
+        for batch in parquet.iter_batches(columns=columns, batch_size=512):
+            raw = batch.column(0).to_pylist()
+            keep = sample_mask(raw, sample)
+            texts = [t for t, k in zip(raw, keep) if k]
             if not texts:
                 continue
+            sizes = [s for s, k in zip(batch.column(1).to_pylist(), keep) if k] \
+                if len(columns) > 1 else [1] * len(texts)
             encoded = backend.encode_batch(texts, add_special_tokens=False)
             parts = []
             for enc in encoded:
@@ -66,8 +90,14 @@ def tokenize_file(path: str, tokenizer_dir: str, column: str, out_path: str,
                 parts.append(np.asarray([eos], dtype=dtype))
             flat = np.concatenate(parts)
             fh.write(flat.tobytes())
+            rows = np.zeros(len(texts), DOC_DTYPE)
+            rows["tokens"] = [len(enc.ids) + 1 for enc in encoded]
+            rows["hash"] = [text_hash(t) for t in texts]
+            rows["cluster_size"] = [max(1, s or 1) for s in sizes]
+            table.append(rows)
             docs += len(texts)
             tokens += int(flat.size)
+    np.save(docs_path(Path(out_path)), np.concatenate(table) if table else np.zeros(0, DOC_DTYPE))
     tmp.rename(out_path)
     return {"file": Path(out_path).name, "tokens": tokens, "docs": docs}
 
@@ -86,7 +116,8 @@ def tokenize_to_shards(files: list[Path], tokenizer_dir: Path, column: str, out_
     import ray
 
     fingerprint = io.fingerprint([[str(f), f.stat().st_size] for f in files]
-                                 + [tokenizer_fingerprint(tokenizer_dir, gguf_file), column, sample])
+                                 + [tokenizer_fingerprint(tokenizer_dir, gguf_file), column, sample,
+                                    FORMAT])
     index_path = out_dir / INDEX
     if index_path.is_file():
         index = json.loads(index_path.read_text())

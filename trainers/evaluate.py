@@ -5,7 +5,10 @@ Perplexity is measured on the held-out blocks of a dataset, cut the way pretrain
 eval_fraction (the defaults are the same), those are tokens the model never trained on.
 HumanEval: greedy completion of each problem's prompt, cut at the first top-level stop sequence
 (Codex's), then ``prompt + completion + test + check(entry_point)`` runs in a sandboxed
-subprocess (``pipeline/sandbox.py``: time, memory and process limits, no network, temp dir).
+subprocess (``pipeline/sandbox.py``: time, memory and process limits, a temp dir, behind user,
+network, mount and PID namespaces that hide the home folders, the run folder and
+``sandbox_hide``; refused before any generation where the kernel refuses namespaces, unless
+``sandbox = "guards"``). Which walls held is in ``humaneval_sandbox``.
 Results go to ``eval.json`` and the model card; an unchanged model and config are not re-evaluated.
 """
 
@@ -23,6 +26,39 @@ from trainers.config import EvalConfig
 
 STOP_SEQUENCES = ["\nclass ", "\ndef ", "\n#", "\nif ", "\nprint("]
 RESULT = "eval.json"
+
+
+def stream_loss(model, shard_dir: Path, seq_len: int, device, batch_size: int = 8) -> dict:
+    """Mean next-token loss over a whole token stream: every block of ``seq_len`` and the tail
+    that fills none (an evaluation set, evaluated whole)."""
+    import numpy as np
+    import torch
+
+    from trainers.data import PackedBlocks
+    from trainers.objectives import CausalLM
+
+    blocks = PackedBlocks(shard_dir, seq_len)
+    objective, total, count = CausalLM(), 0.0, 0
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        batches = [blocks.batch_of(list(range(i, min(i + batch_size, len(blocks)))))
+                   for i in range(0, len(blocks), batch_size)]
+        start = len(blocks) * seq_len  # the tail: tokens after the last full block's inputs
+        last = np.concatenate([np.asarray(a[max(0, start - int(lo)):]) for a, lo, hi in
+                               zip(blocks.arrays, blocks.starts[:-1], blocks.starts[1:])
+                               if hi > start]).astype(np.int64)
+        if len(last) >= 2:
+            batches.append({"input_ids": torch.from_numpy(last[None, :-1].copy()),
+                            "targets": torch.from_numpy(last[None, 1:].copy())})
+        for batch in batches:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            loss, _ = objective.loss(model, batch)
+            total += float(loss)
+            count += objective.count(batch)
+    model.train(was_training)
+    return {"eval_loss": round(total / count, 5), "perplexity": round(math.exp(total / count), 3),
+            "eval_tokens": count}
 
 
 def perplexity(model, shard_dir: Path, cfg: EvalConfig, device) -> dict:
@@ -62,17 +98,19 @@ def complete(model, tok, prompt: str, max_new_tokens: int, device) -> str:
     return text[:cut]
 
 
-def humaneval(model, tok, cfg: EvalConfig, device) -> dict:
+def humaneval(model, tok, cfg: EvalConfig, device, hide: tuple = ()) -> dict:
+    from pipeline import sandbox
     from pipeline.evalsets import humaneval_problems
-    from pipeline.sandbox import run_many
 
+    walls = sandbox.require(cfg.sandbox)  # refused before the model generates anything
     problems = humaneval_problems()[:cfg.humaneval]
     started = time.time()
     completions = [complete(model, tok, p["prompt"], cfg.max_new_tokens, device) for p in problems]
     generate_s = time.time() - started
     programs = [f"{p['prompt']}{c}\n\n{p['test']}\n\ncheck({p['entry_point']})\n"
                 for p, c in zip(problems, completions)]
-    results = run_many(programs, timeout_s=cfg.timeout_s)
+    results = sandbox.run_many(programs, timeout_s=cfg.timeout_s, mode=cfg.sandbox,
+                               hide=(*hide, *cfg.sandbox_hide))
     reasons: dict[str, int] = {}
     for res in results:
         if not res.ok:
@@ -81,13 +119,15 @@ def humaneval(model, tok, cfg: EvalConfig, device) -> dict:
     return {"humaneval_problems": len(problems), "humaneval_passed": passed,
             "humaneval_pass@1": round(passed / len(problems), 4) if problems else None,
             "humaneval_failures": reasons, "humaneval_generate_s": round(generate_s, 2),
+            "humaneval_sandbox": f"{cfg.sandbox}: {sandbox.describe(walls)}",
             "samples": [{"task_id": p["task_id"], "completion": c, "passed": r.ok, "reason": r.reason}
                         for p, c, r in zip(problems, completions, results)]}
 
 
 def evaluate_model(folder: Path, cfg: EvalConfig, dataset: dict | None, tokens_root: Path,
-                   console: Console) -> dict:
-    """Evaluate one saved model folder; reuse ``eval.json`` when nothing changed."""
+                   console: Console, run_dir: Path | None = None) -> dict:
+    """Evaluate one saved model folder; reuse ``eval.json`` when nothing changed. The sandbox
+    hides the model folder, ``tokens_root`` and ``run_dir`` from the generated code."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -96,6 +136,7 @@ def evaluate_model(folder: Path, cfg: EvalConfig, dataset: dict | None, tokens_r
     from trainers.tokenizer import load_tokenizer
 
     key = io.fingerprint([cfg.model_dump(mode="json"), dataset and dataset["fingerprint"],
+                          dataset and dataset.get("whole", False),
                           [[f.name, f.stat().st_size] for f in sorted(folder.glob("*.safetensors"))]])
     cached = _read_json(folder / RESULT)
     if cached and cached.get("key") == key:
@@ -108,12 +149,17 @@ def evaluate_model(folder: Path, cfg: EvalConfig, dataset: dict | None, tokens_r
     model = AutoModelForCausalLM.from_pretrained(str(folder)).to(device)
     result: dict = {"key": key, "model": str(folder)}
     if dataset:  # models with the same tokenizer share the held-out tokens
+        whole = dataset.get("whole", False)  # an evaluation set: every document, every block
+        sample = 1.0 if whole else cfg.sample
         shard_dir = tokens_root / "eval-{}".format(io.fingerprint(
-            [dataset["fingerprint"], cfg.text_column, cfg.sample, tokenizer_fingerprint(folder)]))
-        tokenize_to_shards(dataset["files"], folder, cfg.text_column, shard_dir, sample=cfg.sample)
-        result.update(perplexity(model, shard_dir, cfg, device), dataset=dataset["name"])
+            [dataset["fingerprint"], cfg.text_column, sample, tokenizer_fingerprint(folder)]))
+        tokenize_to_shards(dataset["files"], folder, cfg.text_column, shard_dir, sample=sample)
+        measured = stream_loss(model, shard_dir, cfg.seq_len, device) if whole \
+            else perplexity(model, shard_dir, cfg, device)
+        result.update(measured, dataset=dataset["name"], dataset_whole=whole)
     if cfg.humaneval:
-        result.update(humaneval(model, tok, cfg, device))
+        hide = tuple(str(p) for p in (folder, tokens_root, run_dir) if p is not None)
+        result.update(humaneval(model, tok, cfg, device, hide))
     io.write_text_atomic(folder / RESULT, json.dumps(result, indent=2))
     _update_card(folder, result)
     shown = {k: result[k] for k in ("perplexity", "humaneval_pass@1") if k in result}
@@ -142,6 +188,8 @@ def evaluate_run(cfg, console: Console, models: list[str] | None = None) -> dict
 
     conf: EvalConfig = cfg.eval or EvalConfig()
     dataset = dataset_input(cfg, conf.dataset) if conf.dataset else None
+    if dataset is not None and conf.dataset not in cfg.datasets:
+        dataset["whole"] = True  # a file named as an evaluation set is evaluated whole
     out = {}
     trained = {e.name for e in cfg.train}
     for name in models or conf.models:
@@ -153,5 +201,6 @@ def evaluate_run(cfg, console: Console, models: list[str] | None = None) -> dict
             folder = Path(name) if Path(name).is_absolute() else cfg.path.parent / name
         if not (folder / "config.json").is_file():
             raise TrainError(f"eval: {name!r} is no trained model (no {folder}/config.json)")
-        out[name] = evaluate_model(folder, conf, dataset, cfg.run_dir / "tokens", console)
+        out[name] = evaluate_model(folder, conf, dataset, cfg.run_dir / "tokens", console,
+                                   run_dir=cfg.run_dir)
     return out

@@ -171,7 +171,16 @@ def train_one(cfg, entry: TrainEntry, console: Console) -> Path | None:
               "bases": {k: b.label for k, b in bases.items()},
               "wall_s": round(time.time() - started, 2),
               "finished_at": datetime.now(UTC).isoformat(timespec="seconds")}
-    for item in ("metrics.csv", "tensorboard"):
+    finish_model(record, work, tmp, final)
+    console.print(f"  model {entry.name} -> {final} in {record['wall_s']:.1f}s "
+                  + card.summary_line(summary))
+    return final
+
+
+def finish_model(record: dict, work: Path, tmp: Path, final: Path) -> None:
+    """Move the logs beside the saved model, write its card and ``_SUCCESS.json``, put it in
+    place and drop the checkpoints."""
+    for item in ("metrics.csv", "tensorboard", "curve.json"):
         if (work / item).exists():
             shutil.move(str(work / item), str(tmp / item))
     card.write_model_card(tmp, record)
@@ -180,9 +189,38 @@ def train_one(cfg, entry: TrainEntry, console: Console) -> Path | None:
         shutil.rmtree(final)
     tmp.rename(final)
     shutil.rmtree(work, ignore_errors=True)
-    console.print(f"  model {entry.name} -> {final} in {record['wall_s']:.1f}s "
-                  + card.summary_line(summary))
-    return final
+
+
+def _pretrain_tokens(cfg, entry: TrainEntry, key: str, datasets: list[dict], tok: Base,
+                     console: Console) -> tuple[Path, dict | None]:
+    """Token shards of the datasets; a mixture (weights, or cluster-size upsampling) is drawn
+    from per-dataset shards into a stream of the tokens the training reads."""
+    from trainers.data import tokenize_to_shards
+
+    conf = entry.config
+    root = cfg.run_dir / "tokens" / f"{entry.name}-{key}"
+    mixed = isinstance(conf.dataset, dict)
+    if not mixed and conf.upsample == "none":
+        index = tokenize_to_shards([f for d in datasets for f in d["files"]], tok.folder,
+                                   conf.text_column, root, tok.gguf_file, conf.sample)
+        console.print(f"  {index['docs']:,} documents, {index['tokens']:,} tokens in "
+                      f"{len(index['shards'])} shard(s)")
+        return root, None
+    from trainers import mixture
+
+    groups = [(d["name"], d["files"], conf.dataset[d["name"]]) for d in datasets] if mixed \
+        else [("+".join(d["name"] for d in datasets), [f for d in datasets for f in d["files"]], 1.0)]
+    parts = []
+    for name, files, weight in groups:
+        tokenize_to_shards(files, tok.folder, conf.text_column, root / "sources" / name,
+                           tok.gguf_file, conf.sample)
+        parts.append(mixture.Component(name, root / "sources" / name, weight))
+    report = mixture.realize(parts, mixture.stream_tokens(conf, conf.workers), root / "mixture",
+                             conf.seed, upsample=conf.upsample, max_repeats=conf.max_repeats)
+    console.print("  mixture: " + ", ".join(
+        f"{c['name']} {c['realized_weight']:.1%} ({c['epochs']:.2f} epochs)"
+        for c in report["components"]))
+    return root / "mixture", {k: v for k, v in report.items() if k != "fingerprint"}
 
 
 def _train_model(cfg, entry: TrainEntry, key: str, datasets: list[dict], bases: dict[str, Base],
@@ -193,22 +231,17 @@ def _train_model(cfg, entry: TrainEntry, key: str, datasets: list[dict], bases: 
     job = Job(name=entry.name, objective=entry.objective, config=conf.model_dump(mode="json"),
               key=key, work_dir=work, out_dir=tmp, tokenizer=bases["tokenizer"],
               base=bases.get("base"), files=[f for d in datasets for f in d["files"]])
+    mix = None
     if entry.objective == "pretrain":
-        from trainers.data import tokenize_to_shards
-
-        tok = bases["tokenizer"]
-        shard_dir = cfg.run_dir / "tokens" / f"{entry.name}-{key}"
-        index = tokenize_to_shards(job.files, tok.folder, conf.text_column, shard_dir, tok.gguf_file,
-                                   conf.sample)
-        console.print(f"  {index['docs']:,} documents, {index['tokens']:,} tokens in "
-                      f"{len(index['shards'])} shard(s)")
-        job.shard_dir = shard_dir
+        job.shard_dir, mix = _pretrain_tokens(cfg, entry, key, datasets, bases["tokenizer"], console)
     if conf.workers > 1:
         from trainers.distributed import run_workers
 
-        return run_workers(job, conf.workers, conf.strategy, conf.use_gpu)
-    with _progress_bar(console, entry.name, conf.max_steps) as update:
-        return execute(job, progress=update)
+        summary = run_workers(job, conf.workers, conf.strategy, conf.use_gpu)
+    else:
+        with _progress_bar(console, entry.name, conf.max_steps) as update:
+            summary = execute(job, progress=update)
+    return {**summary, "mixture": mix} if mix else summary
 
 
 class _progress_bar:
