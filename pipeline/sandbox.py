@@ -109,7 +109,8 @@ def refusal(report: dict[str, str]) -> str | None:
 
 def describe(report: dict[str, str]) -> str:
     """One line for logs and cards: each wall and how it holds."""
-    return ", ".join(f"{w}: {report.get(w)}" for w in walls.WALLS)
+    return "; ".join(f"{w}: {report.get(w)}" + (f" ({walls.MEANING[w]})" if report.get(w) ==
+                                                 "namespace" else "") for w in walls.WALLS)
 
 
 @functools.lru_cache(maxsize=2)

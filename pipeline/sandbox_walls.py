@@ -33,6 +33,10 @@ from pathlib import Path
 
 NOBODY = 65534
 WALLS = ("user", "network", "mount", "pid")
+MEANING = {"user": "no powers outside", "network": "no network",
+           "mount": "read-only root, private /tmp; home folders, /run, the run folder and named "
+                    "secrets hidden",
+           "pid": "every process dies with the program, nothing outside visible"}
 ALWAYS_HIDDEN = ("/root", "/home", "/run")
 PRIVATE_TMP = ("/tmp", "/dev/shm")
 
@@ -126,7 +130,8 @@ def interpreter_folders(python: str) -> list[str]:
 
 def spec(work: str, hide: list[str], python: str, tmp_mb: int) -> dict:
     """What :func:`enter_walls` builds: covers, folders kept visible, the uid to drop to."""
-    hidden = {os.path.realpath(p) for p in [*ALWAYS_HIDDEN, str(Path.home()), *hide]}
+    hidden = {os.path.realpath(os.path.expanduser(p))
+              for p in [*ALWAYS_HIDDEN, str(Path.home()), *hide]}
     if "/" in hidden:
         raise ValueError("the sandbox cannot hide the root folder '/'")
     cover = [[p, False] for p in sorted(hidden)] + [[p, True] for p in PRIVATE_TMP]

@@ -6,7 +6,10 @@ writes one exercise per request about a subject (a topic from ``topics``, or an 
 seed document from the input) for a ``levels`` audience, with assertions that test it, and an
 exercise is kept only if the code parses, defines a documented function, has at least
 ``min_asserts`` assertions calling it, and runs with every assertion passing in the sandbox
-(``pipeline/sandbox.py``: own process, time, memory, process and file limits, no network).
+(``pipeline/sandbox.py``: own process, time, memory, process and file limits, behind kernel
+walls: user, network, mount and PID namespaces; the home folders, the run folder and the paths in
+``sandbox_hide`` are hidden). Where the kernel refuses namespaces the stage refuses to run,
+before any request, unless ``sandbox = "guards"`` (Python-level guards only) accepts the risk.
 
 Output: ``exercise`` (signature + docstring: what a student model sees), ``completion`` (the
 body after the docstring), ``text`` (the whole solution: imports, helpers and the function),
@@ -24,6 +27,7 @@ from __future__ import annotations
 import ast
 import re
 from pathlib import Path
+from typing import Literal
 
 import pyarrow as pa
 from pydantic import Field
@@ -65,6 +69,8 @@ class Config(_synth.GenerationConfig):
     timeout_s: float = Field(default=10.0, gt=0)
     memory_mb: int = Field(default=512, ge=64)
     chunk: int = Field(default=16, ge=1)  # programs per sandbox task
+    sandbox: Literal["namespaces", "guards"] = "namespaces"  # guards: no kernel walls (risky)
+    sandbox_hide: list[str] = Field(default_factory=list)  # secrets the programs must not see
     prompt: str = "exercise"
 
 
@@ -103,13 +109,17 @@ def parse(reply: str, min_asserts: int) -> tuple[dict | None, str | None, str | 
             "completion": "\n".join(lines[head_end:func.end_lineno])}, None, None
 
 
-def verify(programs: list[str], timeout_s: float, memory_mb: int) -> list[tuple]:
+def verify(programs: list[str], timeout_s: float, memory_mb: int, mode: str = "namespaces",
+           hide: tuple = ()) -> list[tuple]:
     """Sandbox results of a chunk of programs: ``(reason, detail, seconds)``."""
-    results = sandbox.run_many(programs, workers=2, timeout_s=timeout_s, memory_mb=memory_mb)
+    results = sandbox.run_many(programs, workers=2, timeout_s=timeout_s, memory_mb=memory_mb,
+                               mode=mode, hide=hide)
     return [(r.reason, r.detail if not r.ok else None, round(r.duration_s, 3)) for r in results]
 
 
 def run(ctx: GlobalContext, config: Config) -> Records:
+    walls = sandbox.require(config.sandbox)  # refused before any request to the teacher
+    run_folder = ctx.artifact_dir.parents[1]  # runs/NAME/artifacts/NN-stage
     template = prompts.load(config.prompt)
     items = _synth.plan(ctx, config, config.levels)
     answers = _synth.generate(ctx, config, template, items, level=lambda it: it["axis0"],
@@ -130,13 +140,15 @@ def run(ctx: GlobalContext, config: Config) -> Records:
     chunks = [runnable[i:i + config.chunk] for i in range(0, len(runnable), config.chunk)]
     outcomes = ctx.run_tasks(verify, [[f"{r['text']}\n\n\n{r['tests']}\n" for r in chunk]
                                       for chunk in chunks],
-                             timeout_s=config.timeout_s, memory_mb=config.memory_mb) if chunks else []
+                             timeout_s=config.timeout_s, memory_mb=config.memory_mb,
+                             mode=config.sandbox, hide=(str(run_folder), *config.sandbox_hide)
+                             ) if chunks else []
     for row, (reason, detail, seconds) in zip(runnable, [o for out in outcomes for o in out]):
         row.update(drop_reason=reason, drop_detail=detail, run_s=seconds)
     info = {"prompts": {t.name: t.hash for t in
                         _synth.load_prompts(config.prompt, *_synth.SUBJECT_PROMPTS)},
             "requested": len(items), "executed": len(runnable),
-            "network_isolation": sandbox.network_isolation()}
+            "sandbox": walls}
     return Records(table=_synth.table(rows, SCHEMA), info=info)
 
 
@@ -144,7 +156,13 @@ def card_section(record: dict, plot_dir: Path) -> str:
     info, cfg = record.get("info", {}), record.get("config", {})
     summary = [f"{info.get('requested', 0):,} exercises requested, {info.get('executed', 0):,} "
                f"parsed and run in the sandbox (timeout {cfg.get('timeout_s')} s, "
-               f"{cfg.get('memory_mb')} MB, no child processes, network isolation: "
-               f"{info.get('network_isolation')}); {record.get('rows_kept', 0):,} passed all their "
-               "assertions."]
+               f"{cfg.get('memory_mb')} MB, no child processes; {_walls(info)}); "
+               f"{record.get('rows_kept', 0):,} passed all their assertions."]
     return _synth.card("Verified exercises", record, summary)
+
+
+def _walls(info: dict) -> str:
+    """How the sandbox held the programs (older ledgers: the network isolation alone)."""
+    if "sandbox" in info:
+        return f"sandbox {info['sandbox'].get('mode')}: {sandbox.describe(info['sandbox'])}"
+    return f"network isolation: {info.get('network_isolation')}"

@@ -290,3 +290,14 @@ def test_refused_namespaces_stop_untrusted_code(kernel_refuses, capsys):
     assert run_many([PASSING], mode="guards")[0].ok
     warned = capsys.readouterr().err
     assert warned.count('sandbox = "guards"') == 1 and "read secrets" in warned
+
+
+@needs_walls
+def test_exercises_card_says_which_walls_held():
+    from stages import exercises
+
+    record = {"folder": "05-exercises", "rows_kept": 1, "config": {"timeout_s": 10},
+              "info": {"sandbox": sandbox.isolation(), "requested": 2, "executed": 2}}
+    card = exercises.card_section(record, Path("."))
+    assert "sandbox namespaces: user: " in card and "network: namespace (no network)" in card
+    assert "pid: namespace" in card and "mount: namespace (read-only root" in card
