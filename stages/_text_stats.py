@@ -1,11 +1,19 @@
 """Per-document text statistics for the heuristic filters, in one compiled pass per batch.
 
-Words are whitespace-separated tokens, lines split on ``\\n``, paragraphs on blank lines (the
-Gopher paper's units). Character counts are code points. Statistics follow the definitions of
-Rae et al. 2021 (Gopher, appendix A): a duplicate line/paragraph is every occurrence after the
-first; the top n-gram character fraction is (occurrences x characters) of the most frequent
-n-gram over all word characters; the duplicate n-gram character fraction counts the characters
-of the words covered by any repeated occurrence of an n-gram, each word once.
+Texts are read as code points; character classes come from ``stages/_unicode_classes.py``.
+Units, as the rule sets' references define them:
+
+- words: whitespace-separated tokens (``str.split()``); a *content* word has a character that is
+  neither punctuation nor symbol, its length counted without the punctuation at its ends (Gopher).
+- Gopher quality: lines as ``str.splitlines()`` (blank ones included), hash and ellipsis counts
+  (``...`` without overlap, and ``…``), distinct stop words among the words stripped of edge
+  punctuation.
+- Gopher repetition: lines split on runs of newlines, paragraphs on runs of two or more (of the
+  stripped text), both unstripped; a duplicate is every occurrence after the first; n-grams of
+  words; character fractions are taken of the whole text.
+- FineWeb: the non-blank lines of ``text.split("\\n")``, unstripped; ``tokens`` estimates the
+  word count of a spaCy English tokenizer (punctuation split off, hyphenated words in three),
+  which FineWeb's newline ratio divides by.
 """
 
 from __future__ import annotations
@@ -15,31 +23,60 @@ import numpy as np
 import pyarrow as pa
 
 from stages._minhash import arrow_buffers
+from stages._text_ngrams import dup_fraction, top_fraction
+from stages._unicode_classes import DIGIT, LETTER, PUNCT, SPACE, TERMINAL, table_for
 
-STOP_WORDS = (b"the", b"be", b"to", b"of", b"and", b"that", b"have", b"with")
+GOPHER_STOP_WORDS = ("the", "be", "to", "of", "and", "that", "have", "with")
 FIELDS = [
-    "chars", "words", "word_chars", "alpha_words", "stop_words", "hashes", "ellipses",
-    "max_word", "lines", "nonempty_lines", "bullet_lines", "ellipsis_lines", "punct_lines",
-    "short_lines", "dup_lines", "dup_line_chars", "paragraphs", "dup_paragraphs",
-    "dup_paragraph_chars", "max_line", "alnum_chars", "data_chars", "curly",
+    "chars", "words", "content_words", "content_chars", "alpha_words", "stop_words", "hashes",
+    "ellipses", "tokens", "newlines", "all_lines", "bullet_lines", "ellipsis_lines",
+    "fw_lines", "fw_punct_lines", "fw_short_lines", "fw_dup_line_chars",
+    "rep_lines", "rep_dup_lines", "rep_dup_line_chars", "paragraphs", "dup_paragraphs",
+    "dup_paragraph_chars", "nonempty_lines", "lines", "max_line", "alnum_chars", "data_chars",
     "top2", "top3", "top4", "dup5", "dup6", "dup7", "dup8", "dup9", "dup10",
 ]
-INDEX = {name: i for i, name in enumerate(FIELDS)}
+# column indices, compile-time constants of the kernels
+(
+    CHARS, WORDS, CONTENT_WORDS, CONTENT_CHARS, ALPHA_WORDS, STOP_WORDS, HASHES, ELLIPSES, TOKENS,
+    NEWLINES, ALL_LINES, BULLET_LINES, ELLIPSIS_LINES, FW_LINES, FW_PUNCT_LINES, FW_SHORT_LINES,
+    FW_DUP_LINE_CHARS, REP_LINES, REP_DUP_LINES, REP_DUP_LINE_CHARS, PARAGRAPHS, DUP_PARAGRAPHS,
+    DUP_PARAGRAPH_CHARS, NONEMPTY_LINES, LINES, MAX_LINE, ALNUM_CHARS, DATA_CHARS, TOP2, TOP3,
+    TOP4, DUP5, DUP6, DUP7, DUP8, DUP9, DUP10
+) = range(len(FIELDS))
+NFIELDS = len(FIELDS)
+FNV, PRIME = np.uint64(0xCBF29CE484222325), np.uint64(0x100000001B3)
 
 
-def _hash_bytes(text: bytes) -> np.uint64:
-    h = 0xCBF29CE484222325
-    for byte in text:
-        h = ((h ^ byte) * 0x100000001B3) & ((1 << 64) - 1)
+def _hash_str(word: str) -> np.uint64:
+    h = int(FNV)
+    for ch in word:
+        h = ((h ^ ord(ch)) * int(PRIME)) & ((1 << 64) - 1)
     return np.uint64(h)
 
 
-STOP_HASHES = np.array(sorted(_hash_bytes(w) for w in STOP_WORDS), dtype=np.uint64)
+STOP_HASHES = np.array([_hash_str(w) for w in GOPHER_STOP_WORDS], dtype=np.uint64)
 
 
-@numba.njit(cache=True, inline="always")
-def _is_space(c):
-    return c == 32 or c == 9 or c == 10 or c == 13 or c == 12 or c == 11
+@numba.njit(cache=True)
+def _decode(data, start, end, out):
+    """UTF-8 bytes -> code points in ``out``; returns their count."""
+    n, k = 0, start
+    while k < end:
+        c = np.int64(data[k])
+        if c < 0x80:
+            cp, k = c, k + 1
+        elif c < 0xE0:
+            cp, k = ((c & 0x1F) << 6) | (data[k + 1] & 0x3F), k + 2
+        elif c < 0xF0:
+            cp = ((c & 0x0F) << 12) | ((np.int64(data[k + 1]) & 0x3F) << 6) | (data[k + 2] & 0x3F)
+            k += 3
+        else:
+            cp = (((c & 0x07) << 18) | ((np.int64(data[k + 1]) & 0x3F) << 12)
+                  | ((np.int64(data[k + 2]) & 0x3F) << 6) | (data[k + 3] & 0x3F))
+            k += 4
+        out[n] = cp
+        n += 1
+    return n
 
 
 @numba.njit(cache=True)
@@ -57,223 +94,206 @@ def _dup_stats(hashes, lengths, n):
 
 
 @numba.njit(cache=True)
-def _ngram_hashes(word_hash, nwords, n, out):
-    m = nwords - n + 1
-    for i in range(m):
-        h = np.uint64(0)
-        for j in range(n):
-            h = h * np.uint64(0x9E3779B97F4A7C15) + word_hash[i + j]
-        out[i] = h
-    return m
+def _span_hash(cp, a, b):
+    h = FNV
+    for j in range(a, b):
+        h = (h ^ np.uint64(cp[j])) * PRIME
+    return h
 
 
 @numba.njit(cache=True)
-def _slot(keys, used, key):
-    """Open-addressing slot of ``key`` (linear probing; the table is at least twice the items)."""
-    mask = np.int64(len(keys) - 1)
-    i = np.int64(_mix(key) & np.uint64(mask))
-    while used[i] and keys[i] != key:
-        i = np.int64((i + 1) & mask)
-    return i
-
-
-@numba.njit(cache=True, inline="always")
-def _mix(h):
-    h ^= h >> np.uint64(33)
-    h *= np.uint64(0xFF51AFD7ED558CCD)
-    return h ^ (h >> np.uint64(33))
-
-
-@numba.njit(cache=True)
-def _table_for(word_hash, nwords, n, grams, used):
-    """Hash the n-grams into ``grams``; clear a hash table for them; return (count, table size)."""
-    m = _ngram_hashes(word_hash, nwords, n, grams)
-    size = 1
-    while size < 2 * m:
-        size *= 2
-    used[:size] = False
-    return m, size
-
-
-@numba.njit(cache=True)
-def _top_fraction(word_hash, word_len, nwords, n, grams, keys, used, counts):
-    """(occurrences x characters) of the most frequent n-gram, if it occurs twice or more."""
-    m, size = _table_for(word_hash, nwords, n, grams, used)
-    if m <= 1:
-        return 0
-    best, best_start = 1, -1
-    for i in range(m):
-        j = _slot(keys[:size], used[:size], grams[i])
-        if used[j]:
-            counts[j] += 1
-            if counts[j] > best:
-                best, best_start = counts[j], i
+def _token_estimate(cp, a, b, flags):
+    """Tokens a spaCy English tokenizer makes of the word ``cp[a:b]`` (an estimate)."""
+    content = False
+    for j in range(a, b):
+        if not flags[cp[j]] & PUNCT:
+            content = True
+            break
+    if not content:  # runs of "-" or "." are one token, other marks one each
+        count, j = 0, a
+        while j < b:
+            c = cp[j]
+            j += 1
+            if c == 45 or c == 46:
+                while j < b and cp[j] == c:
+                    j += 1
+            count += 1
+        return count
+    count = 1
+    while a < b and flags[cp[a]] & PUNCT and cp[a] != 45:
+        count, a = count + 1, a + 1
+    while b > a and flags[cp[b - 1]] & PUNCT:
+        if cp[b - 1] == 46 and b - 3 >= a and cp[b - 2] == 46 and cp[b - 3] == 46:
+            b -= 3
         else:
-            used[j], keys[j], counts[j] = True, grams[i], 1
-    if best_start < 0:
-        return 0
-    chars = 0
-    for j in range(n):
-        chars += word_len[best_start + j]
-    return best * chars
+            b -= 1
+        count += 1
+    for j in range(a + 1, b - 1):  # a hyphen, "=" or ":" between letters splits the word
+        c = cp[j]
+        if (c == 45 or c == 61) and flags[cp[j - 1]] & (LETTER | DIGIT) and flags[cp[j + 1]] & LETTER:
+            count += 2
+        elif c == 39 and j == b - 2 and (cp[j + 1] == 115 or cp[j + 1] == 100 or cp[j + 1] == 109):
+            count += 1  # 's 'd 'm
+        elif c == 39 and j == b - 2 and cp[j + 1] == 116 and cp[j - 1] == 110:
+            count += 1  # n't
+    return count
 
 
 @numba.njit(cache=True)
-def _dup_fraction(word_hash, word_len, nwords, n, grams, covered, keys, used):
-    """Characters of the words covered by every occurrence of an n-gram after its first."""
-    m, size = _table_for(word_hash, nwords, n, grams, used)
-    if m <= 1:
-        return 0
-    covered[:nwords] = False
-    any_dup = False
-    for i in range(m):
-        j = _slot(keys[:size], used[:size], grams[i])
-        if used[j]:
-            any_dup = True
-            for k in range(n):
-                covered[i + k] = True
+def _words(cp, n, flags, row, word_hash, word_len):
+    """Word statistics into ``row``; word hashes and lengths for the n-grams; returns the count."""
+    nwords, seen, k = 0, 0, 0
+    while k < n:
+        while k < n and flags[cp[k]] & SPACE:
+            k += 1
+        if k >= n:
+            break
+        a = k
+        alpha = False
+        while k < n and not flags[cp[k]] & SPACE:
+            alpha = alpha or (flags[cp[k]] & LETTER) != 0
+            k += 1
+        word_hash[nwords] = _span_hash(cp, a, k)
+        word_len[nwords] = k - a
+        nwords += 1
+        row[ALPHA_WORDS] += int(alpha)
+        row[TOKENS] += _token_estimate(cp, a, k, flags)
+        s, e = a, k
+        while s < e and flags[cp[s]] & PUNCT:
+            s += 1
+        while e > s and flags[cp[e - 1]] & PUNCT:
+            e -= 1
+        if e > s:
+            row[CONTENT_WORDS] += 1
+            row[CONTENT_CHARS] += e - s
+            h = _span_hash(cp, s, e)
+            for i in range(len(STOP_HASHES)):
+                if STOP_HASHES[i] == h:
+                    seen |= 1 << i
+    row[WORDS] = nwords
+    while seen:
+        row[STOP_WORDS] += seen & 1
+        seen >>= 1
+    return nwords
+
+
+@numba.njit(cache=True)
+def _characters(cp, n, flags, row):
+    k = 0
+    while k < n:
+        c = cp[k]
+        if c == 46 and k + 2 < n and cp[k + 1] == 46 and cp[k + 2] == 46:
+            row[ELLIPSES] += 1
+            k += 3
+            continue
+        row[ELLIPSES] += int(c == 0x2026)
+        row[HASHES] += int(c == 35)
+        row[NEWLINES] += int(c == 10)
+        if (48 <= c <= 57) or (c < 128 and flags[c] & LETTER) or (c >= 128 and flags[c] & LETTER):
+            row[ALNUM_CHARS] += 1
+        if (48 <= c <= 57) or c == 44 or c == 46 or c == 45 or flags[c] & SPACE or c == 91 \
+                or c == 93 or c == 34 or c == 39 or c == 123 or c == 125:
+            row[DATA_CHARS] += 1
+        k += 1
+    row[CHARS] = n
+
+
+@numba.njit(cache=True)
+def _lines(cp, n, flags, row, short_line, line_hash, line_len, fw_hash, fw_len):
+    """Line statistics of the three line definitions (see the module docstring)."""
+    if n == 0:
+        return
+    nrep = nfw = 0
+    if cp[0] == 10:  # re.split("\n+") yields an empty first piece
+        line_hash[0], line_len[0], nrep = FNV, 0, 1
+    ls = 0
+    for k in range(n + 1):
+        if k < n and cp[k] != 10:
+            continue
+        if k == n and k == ls:  # splitlines: no line after a final newline
+            if cp[n - 1] == 10:
+                line_hash[nrep], line_len[nrep] = FNV, 0  # re.split's empty last piece
+                nrep += 1
+            break
+        row[ALL_LINES] += 1
+        row[LINES] += 1
+        row[MAX_LINE] = max(row[MAX_LINE], k - ls)
+        s, e = ls, k
+        while s < e and flags[cp[s]] & SPACE:
+            s += 1
+        while e > s and flags[cp[e - 1]] & SPACE:
+            e -= 1
+        if e > s:
+            row[NONEMPTY_LINES] += 1
+            row[BULLET_LINES] += int(cp[s] == 0x2022 or cp[s] == 45)
+            row[ELLIPSIS_LINES] += int(cp[e - 1] == 0x2026 or (
+                e - s >= 3 and cp[e - 1] == 46 and cp[e - 2] == 46 and cp[e - 3] == 46))
+            h = _span_hash(cp, ls, k)
+            fw_hash[nfw], fw_len[nfw] = h, k - ls
+            nfw += 1
+            row[FW_PUNCT_LINES] += int((flags[cp[k - 1]] & TERMINAL) != 0)
+            row[FW_SHORT_LINES] += int(k - ls <= short_line)
+        if k > ls:
+            line_hash[nrep], line_len[nrep] = _span_hash(cp, ls, k), k - ls
+            nrep += 1
+        ls = k + 1
+    row[FW_LINES] = nfw
+    row[FW_DUP_LINE_CHARS] = _dup_stats(fw_hash, fw_len, nfw)[1]
+    row[REP_LINES] = nrep
+    row[REP_DUP_LINES], row[REP_DUP_LINE_CHARS] = _dup_stats(line_hash, line_len, nrep)
+
+
+@numba.njit(cache=True)
+def _paragraphs(cp, n, flags, row, para_hash, para_len):
+    """Paragraphs of the stripped text, split on runs of two or more newlines."""
+    s, e = 0, n
+    while s < e and flags[cp[s]] & SPACE:
+        s += 1
+    while e > s and flags[cp[e - 1]] & SPACE:
+        e -= 1
+    npara, start, k = 0, s, s
+    while k <= e:
+        run = 0
+        while k + run < e and cp[k + run] == 10:
+            run += 1
+        if k == e or run >= 2:
+            para_hash[npara], para_len[npara] = _span_hash(cp, start, k), k - start
+            npara += 1
+            if k == e:
+                break
+            start = k + run
+            k = start
         else:
-            used[j], keys[j] = True, grams[i]
-    if not any_dup:
-        return 0
-    chars = 0
-    for w in range(nwords):
-        if covered[w]:
-            chars += word_len[w]
-    return chars
+            k += max(run, 1)
+    row[PARAGRAPHS] = npara
+    row[DUP_PARAGRAPHS], row[DUP_PARAGRAPH_CHARS] = _dup_stats(para_hash, para_len, npara)
 
 
 @numba.njit(cache=True)
-def text_stats(data, offsets, stop_hashes, short_line, ngrams):
+def text_stats(data, offsets, flags, short_line, ngrams):
     """One row of ``FIELDS`` per document (int64); n-gram fields only where ``ngrams[d]``."""
     ndocs = len(offsets) - 1
-    out = np.zeros((ndocs, 32), dtype=np.int64)
-    longest = 1
+    out = np.zeros((ndocs, NFIELDS), dtype=np.int64)
+    longest = 2
     for d in range(ndocs):
         longest = max(longest, offsets[d + 1] - offsets[d] + 2)
-    word_hash = np.empty(longest, dtype=np.uint64)
-    word_len = np.empty(longest, dtype=np.int64)
-    line_hash = np.empty(longest, dtype=np.uint64)
-    line_len = np.empty(longest, dtype=np.int64)
-    para_hash = np.empty(longest, dtype=np.uint64)
-    para_len = np.empty(longest, dtype=np.int64)
-    grams = np.empty(longest, dtype=np.uint64)
-    covered = np.empty(longest, dtype=np.bool_)
-    table = 1
-    while table < 2 * longest:
-        table *= 2
-    keys = np.empty(table, dtype=np.uint64)
-    used = np.zeros(table, dtype=np.bool_)
-    counts = np.zeros(table, dtype=np.int64)
+    cp = np.empty(longest, dtype=np.int64)
+    hashes = np.empty((3, longest), dtype=np.uint64)
+    lengths = np.empty((3, longest), dtype=np.int64)
     for d in range(ndocs):
         row = out[d]
-        start, end = offsets[d], offsets[d + 1]
-        nwords = nlines = nparas = 0
-        # words
-        k = start
-        while k < end:
-            while k < end and _is_space(data[k]):
-                k += 1
-            if k >= end:
-                break
-            h = np.uint64(0xCBF29CE484222325)
-            lower = np.uint64(0xCBF29CE484222325)
-            chars, alpha = 0, False
-            while k < end and not _is_space(data[k]):
-                c = data[k]
-                if (c & 0xC0) != 0x80:
-                    chars += 1
-                if (65 <= c <= 90) or (97 <= c <= 122) or c >= 0xC0:
-                    alpha = True
-                lc = c + 32 if 65 <= c <= 90 else c
-                h = (h ^ np.uint64(c)) * np.uint64(0x100000001B3)
-                lower = (lower ^ np.uint64(lc)) * np.uint64(0x100000001B3)
-                k += 1
-            word_hash[nwords] = h
-            word_len[nwords] = chars
-            nwords += 1
-            row[2] += chars
-            row[3] += alpha
-            row[7] = max(row[7], chars)
-            idx = np.searchsorted(stop_hashes, lower)
-            if idx < len(stop_hashes) and stop_hashes[idx] == lower:
-                row[4] += 1
-        row[1] = nwords
-        # characters, lines, paragraphs
-        ls = start
-        para_h, para_chars, blank_run = np.uint64(0), 0, 0
-        for k in range(start, end + 1):
-            if k < end:
-                c = data[k]
-                if (c & 0xC0) != 0x80:
-                    row[0] += 1
-                    if (48 <= c <= 57) or (65 <= c <= 90) or (97 <= c <= 122) or c >= 0xC0:
-                        row[20] += 1
-                    if (48 <= c <= 57) or c == 44 or c == 46 or c == 45 or _is_space(c) \
-                            or c == 91 or c == 93 or c == 34 or c == 39 or c == 123 or c == 125:
-                        row[21] += 1
-                    if c == 35:
-                        row[5] += 1
-                    if c == 123:
-                        row[22] += 1
-                if c == 46 and k + 2 < end and data[k + 1] == 46 and data[k + 2] == 46:
-                    row[6] += 1
-                if c == 0xE2 and k + 2 < end and data[k + 1] == 0x80 and data[k + 2] == 0xA6:
-                    row[6] += 1
-                if c != 10:
-                    continue
-            # a line is data[ls:k]
-            e = k
-            while e > ls and (data[e - 1] == 32 or data[e - 1] == 9 or data[e - 1] == 13):
-                e -= 1
-            s = ls
-            while s < e and (data[s] == 32 or data[s] == 9):
-                s += 1
-            chars = 0
-            h = np.uint64(0xCBF29CE484222325)
-            for j in range(s, e):
-                if (data[j] & 0xC0) != 0x80:
-                    chars += 1
-                h = (h ^ np.uint64(data[j])) * np.uint64(0x100000001B3)
-            row[19] = max(row[19], k - ls)
-            row[8] += 1
-            if chars > 0:
-                line_hash[nlines] = h
-                line_len[nlines] = chars
-                nlines += 1
-                first, last = data[s], data[e - 1]
-                if first == 45 or first == 42 or (first == 0xE2 and e - s >= 3 and data[s + 1] == 0x80
-                                                  and (data[s + 2] == 0xA2 or data[s + 2] == 0xA3)):
-                    row[10] += 1
-                if (e - s >= 3 and data[e - 1] == 46 and data[e - 2] == 46 and data[e - 3] == 46) or \
-                        (e - s >= 3 and data[e - 3] == 0xE2 and data[e - 2] == 0x80 and data[e - 1] == 0xA6):
-                    row[11] += 1
-                if last == 46 or last == 33 or last == 63 or last == 34 or last == 39:
-                    row[12] += 1
-                if chars < short_line:
-                    row[13] += 1
-                para_h = para_h * np.uint64(0x9E3779B97F4A7C15) + h
-                para_chars += chars
-                blank_run = 0
-            else:
-                blank_run += 1
-            if (blank_run == 1 or k == end) and para_chars > 0:
-                para_hash[nparas] = para_h
-                para_len[nparas] = para_chars
-                nparas += 1
-                para_h, para_chars = np.uint64(0), 0
-            ls = k + 1
-        row[9] = nlines
-        row[14], row[15] = _dup_stats(line_hash, line_len, nlines)
-        row[16] = nparas
-        row[17], row[18] = _dup_stats(para_hash, para_len, nparas)
+        n = _decode(data, offsets[d], offsets[d + 1], cp)
+        nwords = _words(cp, n, flags, row, hashes[0], lengths[0])
+        _characters(cp, n, flags, row)
+        _lines(cp, n, flags, row, short_line, hashes[1], lengths[1], hashes[2], lengths[2])
+        _paragraphs(cp, n, flags, row, hashes[1], lengths[1])
         if not ngrams[d]:
             continue
-        for n in range(2, 5):
-            row[21 + n] = _top_fraction(word_hash, word_len, nwords, n, grams, keys, used, counts)
-        for n in range(5, 11):  # no repeated n-gram means no repeated longer one either
-            row[21 + n] = _dup_fraction(word_hash, word_len, nwords, n, grams, covered, keys, used)
-            if row[21 + n] == 0:
+        for g in range(2, 5):
+            row[TOP2 + g - 2] = top_fraction(hashes[0], lengths[0], nwords, g)
+        for g in range(5, 11):  # no repeated n-gram means no repeated longer one either
+            row[DUP5 + g - 5] = dup_fraction(hashes[0], lengths[0], nwords, g)
+            if row[DUP5 + g - 5] == 0:
                 break
     return out
 
@@ -284,4 +304,4 @@ def batch_stats(text: pa.Array, ngrams: np.ndarray | None = None, short_line: in
     data, offsets = arrow_buffers(text)
     if ngrams is None:
         ngrams = np.ones(len(offsets) - 1, dtype=np.bool_)
-    return text_stats(data, offsets, STOP_HASHES, short_line, ngrams)
+    return text_stats(data, offsets, table_for(text), short_line, ngrams)

@@ -6,6 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from stages._heuristics_c4 import sentence_count
 from stages._text_stats import FIELDS, batch_stats
 from stages.heuristics import Config, process
 
@@ -43,13 +44,17 @@ def test_good_documents_pass():
     ("Too short to be a document.", "gopher_quality:word_count"),
     (" ".join(["extraordinarily"] * 30 + ["incomprehensibilities"] * 30) + ".",
      "gopher_quality:mean_word_length"),
-    (GOOD_PROSE + " ".join(["#tag"] * 40), "gopher_quality:symbol_word_ratio"),
+    (GOOD_PROSE + " ".join(["#tag"] * 40), "gopher_quality:hash_ratio"),
+    (GOOD_PROSE + " ".join(["wait..."] * 40), "gopher_quality:ellipsis_ratio"),
     ("\n".join(f"- the important element number {i} belongs with these" for i in range(30)),
      "gopher_quality:bullet_lines"),
-    ("\n".join(f"and the strange story number {i} continues with more ..." for i in range(30)),
-     "gopher_quality:ellipsis_lines"),
+    ("\n".join(f"and the strange story number {i} continues with more and more words ..."
+               for i in range(30)), "gopher_quality:ellipsis_lines"),
     (GOOD_PROSE + " ".join(["1234", "5678", "%%", "42"] * 40), "gopher_quality:alpha_words"),
+    (GOOD_PROSE + " ".join(["—", "€", "±", "Łódź"] * 40), "gopher_quality:alpha_words"),
     (" ".join(f"word{i} alpha beta gamma delta" for i in range(20)) + ".", "gopher_quality:stop_words"),
+    # one stop word, however often, is not two
+    (" ".join(f"the word{i} alpha beta gamma the" for i in range(20)) + ".", "gopher_quality:stop_words"),
 ])
 def test_gopher_quality_rules(text, reason):
     assert verdict(text) == reason
@@ -67,18 +72,31 @@ def test_gopher_repetition_rules():
 def test_repetition_statistics_follow_the_definitions():
     stats = batch_stats(pa.array(["a b c a b c a b c x\nline\nline\n\npara\n\npara"]))[0]
     s = dict(zip(FIELDS, stats))
-    assert s["dup_lines"] == 2 and s["dup_line_chars"] == 8  # the second "line" and "para"
+    assert s["rep_dup_lines"] == 2 and s["rep_dup_line_chars"] == 8  # the second "line" and "para"
     assert s["dup_paragraphs"] == 1 and s["dup_paragraph_chars"] == 4
-    # words: a b c a b c a b c x line line para para -> "a b" occurs 3 times (2 chars each)
-    assert s["top2"] == 3 * 2
-    assert s["words"] == 14 and s["word_chars"] == 10 + 16
+    # words: a b c a b c a b c x line line para para -> "a b" (3 characters) occurs 3 times
+    assert s["top2"] == 3 * 3
+    assert s["words"] == 14 and s["content_chars"] == 10 + 16 and s["chars"] == 41
+
+
+def test_gopher_symbol_rules_are_separate_and_ellipses_do_not_overlap():
+    words = GOOD_PROSE.split()
+    s = dict(zip(FIELDS, batch_stats(pa.array(["a..... b…"]))[0]))
+    assert s["ellipses"] == 2  # "....." holds one "..." (not three overlapping ones), and "…"
+    # 7% hashes and 7% ellipses: each under 0.1, their sum over it
+    tagged = " ".join(w + (" #x" if i % 14 == 0 else " wait..." if i % 14 == 7 else "")
+                      for i, w in enumerate(words))
+    s = dict(zip(FIELDS, batch_stats(pa.array([tagged]))[0]))
+    assert 0.1 < (s["hashes"] + s["ellipses"]) / s["words"] and verdict(tagged, prose_rules=[
+        "gopher_quality"]) is None
 
 
 def test_c4_and_fineweb_rules():
     assert verdict(GOOD_PROSE + "Lorem ipsum dolor sit amet.") == "c4:lorem_ipsum"
-    assert verdict(GOOD_PROSE + "Please enable JavaScript.") == "c4:javascript"
-    assert verdict(GOOD_PROSE + "{ braces }") == "c4:curly_bracket"
+    assert verdict(GOOD_PROSE + "Use { braces } in this line.") == "c4:curly_bracket"
     assert verdict(GOOD_PROSE.replace(".\n", "\n")) == "c4:too_few_sentences"
+    # a bracket or "lorem ipsum" in a line C4 removes anyway (no end mark, or too few words)
+    assert verdict(GOOD_PROSE + "{ braces }\nLorem ipsum.\n") is None
     short = GOOD_PROSE + "\n".join(f"short line {i}." for i in range(40))
     assert verdict(short, prose_rules=["fineweb"]) == "fineweb:short_line_ratio"
 
@@ -134,3 +152,75 @@ def test_each_gopher_repetition_rule_on_its_own():
 def test_code_mean_line_length():
     wide = "\n".join("x = '" + "a" * 150 + "'" for _ in range(5))
     assert verdict(wide, "code") == "code:mean_line_length"
+
+
+def c4_run(texts: list[str], **c4) -> pa.Table:
+    batch = pa.table({"text": texts, "path": ["x.md"] * len(texts),
+                      "n_chars": [len(t) for t in texts], "content_hash": ["h"] * len(texts)})
+    return process(batch, Config(prose_rules=["c4"], c4=c4))
+
+
+def test_c4_removes_lines_and_keeps_the_cleaned_text():
+    noise = ["Please enable JavaScript to view this page.", "Home", "Read more",
+             "This site uses cookies to improve your experience.", "See the notes [1] here.[2]"]
+    lines = GOOD_PROSE.splitlines()
+    out = c4_run(["\n".join(lines[:3] + noise[:3] + lines[3:] + noise[3:]) + "\n"])
+    assert out.column("drop_reason")[0].as_py() is None
+    text = out.column("text")[0].as_py()
+    assert text == "\n".join(lines + ["See the notes  here."])
+    assert out.column("c4_lines_removed")[0].as_py() == 4
+    assert out.column("n_chars")[0].as_py() == len(text)
+    assert out.column("content_hash")[0].as_py() != "h"
+
+
+def test_c4_counts_sentences_not_lines():
+    two_each = ["The river rises in spring. It floods the low fields.",
+                "Farmers wait for the water to fall. Then they plant rice.",
+                "The harvest comes in autumn. Everyone helps to bring it in."]
+    out = c4_run(["\n".join(two_each), "\n".join(s.split(". ")[0] + "." for s in two_each)])
+    assert out.column("drop_reason").to_pylist() == [None, "c4:too_few_sentences"]
+    rejected_text = out.column("text")[1].as_py()
+    assert rejected_text.count("\n") == 2  # a rejected document keeps its original text
+
+
+@pytest.mark.parametrize("line, count", [
+    ("Mr. Smith went home. He slept.", 2),
+    ("Use a tool, e.g. a hammer, for this.", 1),
+    ("It works (see below). Then it stops!", 2),
+    ("Is it? yes it is.", 2),
+    ("Wait... what happened here.", 1),
+    ("Version 1.2. Next one is 1.3.", 2),
+    ("Call foo.bar() first.", 1),
+])
+def test_sentence_count_splits_like_spacys_sentencizer(line, count):
+    assert sentence_count(line) == count
+
+
+def test_fineweb_definitions():
+    quoted = "\n".join(f'He said "line number {i} of the quoted story"' for i in range(20))
+    assert verdict(quoted, prose_rules=["fineweb"]) == "fineweb:line_punct_ratio"
+    # one short line repeated once in a long text: over 1% of the characters
+    once = GOOD_PROSE + "Thanks for reading.\n" * 2
+    assert verdict(once, prose_rules=["fineweb"]) == "fineweb:dup_line_char_ratio"
+    assert verdict(once, prose_rules=["fineweb"], fineweb={"max_dup_line_char_ratio": 0.1}) is None
+
+
+def test_rules_agree_with_datatrove_on_crafted_documents():
+    filters = pytest.importorskip("datatrove.pipeline.filters")
+    from datatrove.data import Document
+
+    docs = [GOOD_PROSE, GOOD_PROSE + "Please enable JavaScript.\n", GOOD_PROSE.replace(".\n", "\n"),
+            GOOD_PROSE + "Thanks for reading.\n" * 2, "\n".join([GOOD_PROSE] * 3),
+            " ".join(f"the word{i} alpha beta gamma the" for i in range(20)) + "."]
+    pairs = [("c4", filters.C4QualityFilter()), ("fineweb", filters.FineWebQualityFilter()),
+             ("gopher_quality", filters.GopherQualityFilter()),
+             ("gopher_repetition", filters.GopherRepetitionFilter())]
+    for rules, reference in pairs:
+        for text in docs:
+            doc = Document(text=text, id="d")
+            verdict_dt = reference.filter(doc)
+            kept_dt = verdict_dt is True or (isinstance(verdict_dt, tuple) and verdict_dt[0])
+            out = process(pa.table({"text": [text]}), Config(profile="prose", prose_rules=[rules]))
+            assert (out.column("drop_reason")[0].as_py() is None) == kept_dt, (rules, text[:60])
+            if kept_dt and rules == "c4":
+                assert out.column("text")[0].as_py() == doc.text
