@@ -190,3 +190,155 @@ def test_distributed_clusters_equal_the_greedy_on_chains_and_random_graphs(tmp_p
             tmp_path / f"r{trial}", docs, rng.permutation(m), edges, partitions=3)
         assert np.array_equal(keeper, keeper2) and np.array_equal(best, best2)
         assert (keeper >= 0).sum() > 50 and 1 <= rounds < 40
+
+
+def run_stage(tmp_path, texts: list[str], **config) -> tuple[pl.DataFrame, dict]:
+    """The stage on one Parquet file of ``texts`` (ids d0, d1, ... in order), on the local Ray:
+    its decisions per id, and its info."""
+    from pipeline.runner import RayGlobalContext
+    from stages import dedup_minhash
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "input.parquet"
+    ids = [f"d{i}" for i in range(len(texts))]
+    pa.parquet.write_table(pa.table({"id": ids, "text": texts}), path, row_group_size=20_000)
+    ctx = RayGlobalContext([path], tmp_path / "scratch", 0, 50)
+    decisions = dedup_minhash.run(ctx, Config(**config))
+    return pl.from_arrow(decisions.table), decisions.info
+
+
+def random_words(rng: random.Random, n: int) -> list[str]:
+    return ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(3, 9)))
+            for _ in range(n)]
+
+
+def copies_with_tails(rng: random.Random, base: str, n: int) -> list[str]:
+    """``n`` copies of ``base``, each with its own 3-word tail."""
+    return [f"{base} {' '.join(random_words(rng, 3))}" for _ in range(n)]
+
+
+def greedy_over_buckets(texts: list[str], config: Config) -> tuple[set[int], int]:
+    """The oracle: documents in input order, each kept unless it is within the threshold of a
+    kept earlier document that shares an LSH bucket with it (every pair of every bucket
+    compared, plain Python). Returns the kept documents and the most kept ones in one bucket."""
+    bands, rows = config.band_params()
+    a, b = mh.permutations(config.num_perm, config.seed, config.scheme)
+    values, offsets = mh.shingle_sets_of(pa.array(texts), config.ngram, config.unit)
+    keys = mh.band_keys(mh.signatures(values, offsets, a, b, False), bands, rows)
+    buckets: dict[tuple[int, int], list[int]] = {}
+    for doc in range(len(texts)):
+        for band in range(bands):
+            buckets.setdefault((band, int(keys[doc, band])), []).append(doc)
+    kept: list[int] = []
+    kept_in: dict[tuple[int, int], list[int]] = {}
+    for doc in range(len(texts)):
+        rivals = {u for band in range(bands) for u in kept_in.get((band, int(keys[doc, band])), [])}
+        rivals = np.array(sorted(rivals), dtype=np.int64)
+        scores = mh.pair_jaccard(values, offsets, rivals, np.full(len(rivals), doc))
+        if not (scores >= config.threshold).any():
+            kept.append(doc)
+            for band in range(bands):
+                kept_in.setdefault((band, int(keys[doc, band])), []).append(doc)
+    return set(kept), max(len(members) for members in kept_in.values())
+
+
+def kept_docs(decisions: pl.DataFrame) -> set[int]:
+    return {int(i[1:]) for i in decisions.filter(pl.col("drop_reason").is_null())["id"]}
+
+
+def check_drops(decisions: pl.DataFrame, texts: list[str], threshold: float) -> None:
+    """Every dropped document names a kept one, within the threshold by exact Jaccard."""
+    dropped = decisions.filter(pl.col("drop_reason").is_not_null())
+    kept = kept_docs(decisions)
+    values, offsets = mh.shingle_sets_of(pa.array(texts), 5, "word")
+    left = np.array([int(i[1:]) for i in dropped["id"]], dtype=np.int64)
+    right = np.array([int(i[1:]) for i in dropped["duplicate_of"]], dtype=np.int64)
+    assert set(right.tolist()) <= kept
+    scores = mh.pair_jaccard(values, offsets, left, right)
+    assert (scores >= threshold).all() and np.allclose(scores, dropped["jaccard"].to_numpy())
+
+
+def test_a_large_cluster_keeps_one_copy(tmp_path, ray_local, quiet_console):
+    rng = random.Random(1)
+    vocabulary = random_words(rng, 5000)
+    base = " ".join(rng.choices(vocabulary, k=400))
+    copies = copies_with_tails(rng, base, 1000)
+    others = [" ".join(rng.choices(vocabulary, k=400)) for _ in range(500)]
+    docs = copies + others
+    rng.shuffle(docs)
+    write_jsonl(tmp_path / "data" / "a.jsonl", [{"text": t} for t in docs])
+    path = make_config(tmp_path, '[[sources]]\nname = "d"\nkind = "jsonl"\npath = "data"\n',
+                       "[stages.ingest]\n[stages.dedup_minhash]\nthreshold = 0.8\n", batch_size=500)
+    result = run_pipeline(load_config(path), console=quiet_console)
+    kept = read_folder(result.run_dir / "stages" / "02-dedup_minhash").to_pylist()
+    dropped = read_folder(result.run_dir / "rejected" / "02-dedup_minhash").to_pylist()
+    assert len(kept) + len(dropped) == len(docs)
+    kept_copies = [r for r in kept if r["text"].startswith(base)]
+    first_copy = next(t for t in docs if t.startswith(base))
+    assert [r["text"] for r in kept_copies] == [first_copy]  # the first in keep order
+    assert sorted(r["text"] for r in kept if r not in kept_copies) == sorted(others)
+    assert kept_copies[0]["cluster_size"] == 1000
+    assert {r["duplicate_of"] for r in dropped} == {kept_copies[0]["id"]}
+    assert all(r["jaccard"] >= 0.8 for r in dropped)
+    # each copy met the first copy: about one candidate pair per copy, not fifty
+    assert result.records[1]["info"]["candidate_pairs"] < 5 * len(copies)
+
+
+def test_100000_copies_keep_one(tmp_path, ray_local):
+    rng = random.Random(2)
+    base = " ".join(random_words(rng, 60))
+    copies = copies_with_tails(rng, base, 100_000)
+    others = [" ".join(random_words(rng, 60)) for _ in range(200)]
+    texts = others[:100] + copies + others[100:]
+    decisions, info = run_stage(tmp_path, texts)
+    assert kept_docs(decisions) == set(range(100)) | {100} | set(range(100_100, 100_200))
+    assert decisions.filter(pl.col("id") == "d100")["cluster_size"].item() == 100_000
+    bands, _ = Config().band_params()
+    assert info["candidate_pairs"] <= bands * len(copies)  # linear in the cluster
+
+
+def chain_texts(rng: random.Random) -> tuple[list[str], list[int]]:
+    """A ~ B ~ C with A !~ C (Jaccard about 0.82, 0.82 and 0.66), five exact copies of each
+    in that order; returns the texts and the positions of A, B and C."""
+    a = random_words(rng, 300)
+    b = list(a)
+    for i in range(10, 300, 50):
+        b[i] = "bword"
+    c = list(b)
+    for i in range(35, 300, 50):
+        c[i] = "cword"
+    texts = [" ".join(words) for words in (a, b, c) for _ in range(5)]
+    return texts, [0, 5, 10]
+
+
+@pytest.mark.parametrize("max_bucket", [2, 50])
+def test_a_chain_keeps_what_the_greedy_keeps(tmp_path, ray_local, max_bucket):
+    texts, (a, b, c) = chain_texts(random.Random(3))
+    values, offsets = mh.shingle_sets_of(pa.array(texts), 5, "word")
+    ab, bc, ac = mh.pair_jaccard(values, offsets, np.array([a, b, a]), np.array([b, c, c]))
+    assert ab >= 0.8 and bc >= 0.8 and ac < 0.8
+    decisions, info = run_stage(tmp_path, texts, max_bucket=max_bucket)
+    assert kept_docs(decisions) == {a, c} == greedy_over_buckets(texts, Config())[0]
+    duplicate_of = dict(zip(decisions["id"], decisions["duplicate_of"]))
+    assert [duplicate_of[f"d{i}"] for i in range(b, b + 5)] == [f"d{a}"] * 5
+    check_drops(decisions, texts, 0.8)
+    assert (info["large_bucket_rows"] > 0) == (max_bucket == 2)
+
+
+def test_leader_pairing_keeps_what_full_pairing_keeps(tmp_path, ray_local):
+    """Families of variants (1-20% of words replaced, so chains and near misses) with copies,
+    in buckets over ``max_bucket``: the kept set equals the greedy over every pair."""
+    rng = random.Random(4)
+    texts = []
+    for _ in range(12):
+        base = " ".join(random_words(rng, 200))
+        for _ in range(rng.randint(5, 40)):
+            text = mutate(base, rng.choice([0.01, 0.03, 0.05, 0.08, 0.12, 0.2]), rng)
+            texts.extend([text] * rng.randint(1, 3))
+    rng.shuffle(texts)
+    full, most = greedy_over_buckets(texts, Config())
+    assert most <= 6 < len(texts) - len(full)  # the windows reach every kept member; many drops
+    decisions, info = run_stage(tmp_path, texts, max_bucket=6)
+    assert kept_docs(decisions) == full
+    assert info["pairing_rounds"] >= 2 and info["large_bucket_rows"] > 0
+    check_drops(decisions, texts, 0.8)
