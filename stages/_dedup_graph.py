@@ -1,7 +1,7 @@
 """Duplicate clusters of the MinHash dedup stage, on the driver or in rounds over Ray.
 
-Nodes are the documents with candidates, numbered in keep-policy order (reference documents
-first). Both paths give the decisions of the sequential greedy of ``stages/_clusters.py``: in
+Nodes are the documents with candidates (and every member of a bucket over ``max_bucket``),
+numbered in keep-policy order (reference documents first). Both paths give the decisions of the sequential greedy of ``stages/_clusters.py``: in
 node order, a node joins its most similar kept earlier neighbour (ties: the earliest), otherwise
 it is kept.
 

@@ -15,7 +15,8 @@ The rounds stop when no new pair comes up and every window covered its bucket: t
 kept members of a bucket have been compared (in buckets holding more than ``max_bucket``
 kept members, each is compared with the first ``max_bucket`` of them), so the kept documents
 are those the greedy keeps over all pairs of every bucket, and a cluster of mutually similar
-documents keeps one. A near-duplicate cluster of n copies costs about n pairs per round.
+documents keeps one. A dropped document names the most similar kept document it was compared
+with. A near-duplicate cluster of n copies costs about n pairs.
 
     candidate_task  partition -> pairs/r1/p(a), large/p(key)   (returns the documents seen)
     leader_task     partition -> pairs/rN/p(a)                  (returns pairs, window too small)

@@ -8,7 +8,10 @@ signatures, pairs or shingle sets:
    n-grams), ``num_perm`` permutations bit-identical to ``datasketch.MinHash`` (see
    ``stages/_minhash.py``), then one 64-bit key per LSH band, shuffled to ``partitions``
    folders by key.
-2. candidates: per partition, documents sharing a band key are pairs, shuffled by their first
+2. candidates: per partition, documents sharing a band key form a bucket, sorted in
+   keep-policy order (the driver broadcasts the order: 8 bytes per document). A bucket of up
+   to ``max_bucket`` members is paired in full; in a larger one every member is paired with
+   the bucket's first member (``stages/_dedup_pairs.py``). Pairs are shuffled by their first
    document; the driver gets back only the numbers of the documents that have a pair.
 3. verification: those numbers are broadcast once; per unit, the shingle sets of the involved
    documents are shuffled by document; per partition, pairs join the first document's set,
@@ -26,6 +29,14 @@ signatures, pairs or shingle sets:
    the driver at 2M edges, 3.5x at 20M); ``"auto"`` (the default) is local up to
    ``local_edges`` verified edges (20M: about 1.4 GB of driver memory) and rounds above,
    finishing on the driver once the undecided edges fit.
+5. leader rounds, for buckets over ``max_bucket``: the members kept so far are paired with the
+   kept members before them (a window of 2, 4, ... up to ``max_bucket``), pairs not compared
+   before are verified, and the greedy runs again, until no new edge appears and every window
+   covered its bucket. The kept documents are then those of the greedy over every pair of
+   every bucket (in a bucket with more than ``max_bucket`` kept members, each is compared with
+   the first ``max_bucket`` of them), so a cluster of n mutually similar copies keeps one, for
+   about n pairs per round (100,000 copies of a 60-word text: one kept, the stage in about
+   10 s on 2 cores).
 
 Bands x rows come from datasketch's own optimizer for the threshold. Candidates are verified,
 so a false positive costs one Jaccard computation while a false negative is a duplicate left
@@ -84,7 +95,8 @@ class Config(BaseModel):
     column: str | None = None
     partitions: int | None = Field(default=None, ge=1, description="shuffle partitions; default: "
                                    "one per 256 MB of input, 4 to 256")
-    max_bucket: int = Field(default=50, ge=2, description="larger buckets pair neighbours only")
+    max_bucket: int = Field(default=50, ge=2, description="buckets up to this size are paired "
+                            "in full; larger ones pair members with their earliest kept members")
     reference: list[str] = Field(default_factory=list)
     clusters: Literal["auto", "local", "distributed"] = "auto"
     local_edges: int = Field(default=20_000_000, ge=0, description="auto: most verified edges "
@@ -224,6 +236,7 @@ def run(ctx: GlobalContext, config: Config) -> Decisions:
         "false_negative_probability": _false_negative_probability(config.threshold, bands, rows),
         "documents": inputs, "empty_documents": empty, "candidate_pairs": candidates,
         "verified_pairs": edges, "large_bucket_rows": large, "pairing_rounds": pairing,
+        "max_bucket": config.max_bucket,
         "clusters": mode, "cluster_rounds": rounds,
         "partitions": config.partitions, "units": len(tasks),
         "near_duplicates": int((table["drop_reason"] == "near_duplicate").sum()),
@@ -261,7 +274,9 @@ def card_section(record: dict, plot_dir: Path) -> str:
         f"{info.get('false_positive_probability', 0):.4f}, false negative probability "
         f"{info.get('false_negative_probability', 0):.4f} (integrated, as datasketch optimizes them)",
         f"- candidates: {info.get('candidate_pairs', 0):,} pairs; verified ({info.get('verify')}): "
-        f"{info.get('verified_pairs', 0):,}; clusters: " + (
+        f"{info.get('verified_pairs', 0):,}; buckets over {info.get('max_bucket', 50)} members "
+        f"({info.get('large_bucket_rows', 0):,} bucket rows) paired with their earliest kept "
+        f"members in {info.get('pairing_rounds', 1)} rounds; clusters: " + (
             "greedy on the driver" if info.get("clusters", "local") == "local"
             else f"{info.get('cluster_rounds', 0)} rounds over Ray"), "",
         "![cluster sizes](plots/cluster_sizes.png)" if sizes else "",
