@@ -1,9 +1,9 @@
 """Duplicate clusters of the MinHash dedup stage, on the driver or in rounds over Ray.
 
 Nodes are the documents with candidates (and every member of a bucket over ``max_bucket``),
-numbered in keep-policy order (reference documents first). Both paths give the decisions of the sequential greedy of ``stages/_clusters.py``: in
-node order, a node joins its most similar kept earlier neighbour (ties: the earliest), otherwise
-it is kept.
+numbered in keep-policy order (reference documents first). Both paths give the decisions of
+the sequential greedy of ``stages/_clusters.py``: in node order, a node joins its most similar
+kept earlier neighbour (ties: the earliest), otherwise it is kept.
 
 - local: every verified edge is read by the driver and the numba greedy runs once (measured
   on 2 cores: 2M edges in 0.2 s; 20M edges in 4 s, with about 75 bytes per edge of driver
