@@ -125,8 +125,9 @@ def require(mode: str = "namespaces") -> dict[str, str]:
                              "guards only (" + GUARDS_RISK.split(": ", 1)[1] + ")")
     log.info("sandbox %s: %s", mode, describe(report))
     if mode == "guards":
-        log.warning(GUARDS_RISK)
         print(f"warning: {GUARDS_RISK}", file=sys.stderr)
+        if log.hasHandlers():  # else logging's last resort would print it a second time
+            log.warning(GUARDS_RISK)
     return report
 
 
