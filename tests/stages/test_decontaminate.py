@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -9,6 +10,8 @@ from pipeline import evalsets
 from pipeline.config import load_config
 from pipeline.evalsets import EvalSet, EvalSpec
 from pipeline.run import run_pipeline
+from stages import _decontam_index as dci
+from stages import _ngrams as ng
 from stages import decontaminate as dc
 from tests.conftest import make_config, read_folder, write_jsonl
 
@@ -30,9 +33,32 @@ if __name__ == "__main__":
 '''
 
 
-def hashes(text: str, n: int, min_mean: float = 0.0) -> list[int]:
-    data, offsets = dc.arrow_buffers(dc.prepare(pa.array([text])))
-    return dc.gram_hashes(data, offsets, n, min_mean)[0].tolist()
+LOOP = "for i in range(len(l)):\n    for j in range(i + 1, len(l)):\n"  # a 13-gram of HumanEval/40
+
+
+def hashes(text: str, n: int) -> list[int]:
+    data, offsets = dc.arrow_buffers(ng.prepare(pa.array([text])))
+    return ng.gram_hashes(data, offsets, n)[0].tolist()
+
+
+def humaneval_index(**rules) -> dci.EvalIndex:
+    return dci.build_index([evalsets.load(EvalSpec(name="humaneval"))], **rules)
+
+
+def counted(index: dci.EvalIndex, texts: list[str], common_documents: int) -> dci.EvalIndex:
+    """The index after the first pass over ``texts`` in batches of 4 documents."""
+    documents = np.zeros(len(index.keys), dtype=np.int64)
+    for i in range(0, len(texts), 4):
+        batch = pa.table({"id": [str(k) for k in range(i, i + len(texts[i:i + 4]))],
+                          "text": texts[i:i + 4]})
+        part = dc.count_batch(batch, index, dc.Config())
+        np.add.at(documents, part.column("slot").to_numpy(), part.column("documents").to_numpy())
+    return dci.ignore_frequent(index, documents, common_documents)
+
+
+def found(index: dci.EvalIndex, texts: list[str]) -> list[tuple[int, str]]:
+    batch = pa.table({"id": [str(i) for i in range(len(texts))], "text": texts})
+    return [(int(h["id"]), h["eval_item"]) for h in dc.find_batch(batch, index, dc.Config()).to_pylist()]
 
 
 def test_rolling_hash_equals_each_window_hashed_alone():
@@ -44,8 +70,10 @@ def test_rolling_hash_equals_each_window_hashed_alone():
     assert got == [hashes(" ".join(tokens[i:i + 4]), 4)[0] for i in range(len(got))]
     assert hashes("Ünïcode—Text «quoted» ok", 3) == hashes("ünïcode text quoted ok", 3)
     assert len(hashes("two words", 13)) == 1 and hashes("", 13) == []
-    assert len(hashes("0 1 2 3 4 5 6 7 8 9 a b c d e", 13, 3.0)) == 0  # no evidence
-    assert len(hashes("zero one two three four five six seven eight nine ten", 3, 3.0)) == 9
+    data, offsets = dc.arrow_buffers(ng.prepare(pa.array(["0 1 2 a 3 b4 cc", "x"])))
+    _, per_doc, letters = ng.gram_hashes(data, offsets, 3)
+    assert per_doc.tolist() == [0, 5, 6]
+    assert letters.tolist() == [0, 1, 1, 2, 2, 1]  # words holding a letter, per window
 
 
 def test_humaneval_problems_load_from_the_installed_package():
@@ -56,29 +84,69 @@ def test_humaneval_problems_load_from_the_installed_package():
         evalsets.load(EvalSpec(name="mbpp"))
 
 
-def test_planted_problem_caught_idioms_ignored():
+def test_planted_problems_caught_one_letter_code_included():
     problems = evalsets.humaneval_problems()
-    index = dc.build_index([evalsets.load(EvalSpec(name="humaneval"))], 13, 5)
+    index = humaneval_index()
     planted = ("Notes from a study group.\n\n" + problems[12]["prompt"].replace("    ", "\t")
                + problems[12]["canonical_solution"] + "\nWe then discussed other topics at length.")
-    batch = pa.table({"id": ["planted", "idioms", "solution", "one_liner", "loops"],
-                      "text": [planted, IDIOMS, problems[0]["canonical_solution"],
-                               "def size(s):\n" + problems[23]["canonical_solution"],
-                               problems[40]["canonical_solution"]]})
-    hits = dc.find_batch(batch, index, dc.Config()).to_pylist()
-    # a one-line body, and nested `for i in range(len(l))` loops of one-letter names, are no evidence
-    assert [h["id"] for h in hits] == ["planted", "solution"]
-    assert hits[0]["drop_reason"] == "contaminated:humaneval"
-    assert hits[0]["eval_item"] == "HumanEval/12"
-    assert hits[0]["drop_detail"].startswith("HumanEval/12: 'from typing import List")
+    texts = [planted, IDIOMS, problems[0]["canonical_solution"],
+             "def size(s):\n" + problems[23]["canonical_solution"],  # one line: under 13 words
+             "import itertools\n\n" + problems[40]["canonical_solution"] + "\nprint(1)\n"]
+    hits = found(index, texts)
+    assert hits == [(0, "HumanEval/12"), (2, "HumanEval/0"), (4, "HumanEval/40")]
+    batch = pa.table({"id": ["planted"], "text": [planted]})
+    detail = dc.find_batch(batch, index, dc.Config()).column("drop_detail")[0].as_py()
+    assert detail.startswith("HumanEval/12: 'from typing import List")
+
+
+def test_ngrams_frequent_in_the_input_are_idioms():
+    problems = evalsets.humaneval_problems()
+    index = humaneval_index()
+    loops = [f"def pairs_{k}(l):\n    {LOOP.replace(chr(10), chr(10) + '    ')}"
+             f"        if l[i] == l[j]:\n            yield {k}\n" for k in range(11)]
+    leak = "import sys\n" + problems[40]["canonical_solution"]
+    assert found(index, loops[:1]) == [(0, "HumanEval/40")]  # alone, the shared 13-gram is evidence
+    # in 11 documents (more than 10) it is an idiom; the leak still shares other 13-grams
+    frequent = counted(index, loops + [leak], common_documents=10)
+    assert found(frequent, loops + [leak]) == [(11, "HumanEval/40")]
+    assert frequent.stats["humaneval"]["ignored_frequent_in_input"] >= 1
+    # in 10 documents it is not: the threshold is "more than"
+    rare = counted(index, loops[:9] + [leak], common_documents=10)
+    assert [h for h, _ in found(rare, loops[:9] + [leak])] == list(range(10))
+    assert rare.stats["humaneval"]["ignored_frequent_in_input"] == 0
+
+
+def test_runs_of_numbers_are_no_evidence():
+    problems = evalsets.humaneval_problems()
+    table = "HEX = [" + ", ".join(repr(c) for c in "0123456789ABCDEF") + "]\n"
+    assert "0, 1, 2, 3, 4, 5, 6, 7, 8, 9, A, B, C" in problems[78]["prompt"]
+    assert found(humaneval_index(min_letter_words=0.0), [table]) == [(0, "HumanEval/78")]
+    index = humaneval_index()
+    assert found(index, [table]) == []
+    assert index.stats["humaneval"]["ignored_mostly_numbers"] > 0
+
+
+def test_sets_of_short_items_get_shorter_ngrams():
+    texts = [f"which river did expedition {w} follow upstream in spring" for w in
+             ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"]]
+    texts += ["name the capital city of peru", "the orinoco river floods each year in may and june"]
+    items = EvalSet("quiz", [f"q{i}" for i in range(len(texts))], texts, "fp")
+    index = dci.build_index([items], 13, 8)
+    assert index.stats["quiz"]["ngram"] == 8  # the 5th-percentile item has 6 words: floor of 8
+    assert index.stats["quiz"]["items_shorter"] == 1 and index.stats["quiz"]["items_exact_only"] == 1
+    assert index.lengths.tolist() == [8]
+    record = "In our notes: Which river did expedition Gamma follow upstream, in spring? Nobody knew."
+    assert found(index, [record, "Name the capital city of Peru.", "name the capital city of peru now",
+                         "the orinoco river floods each year in may"]) \
+        == [(0, "q2"), (1, "q8"), (3, "q9")]
 
 
 def test_ngrams_common_to_many_items_are_ignored():
     shared = "licensed under the apache license version two point zero see the notice file"
     items = EvalSet("bench", [f"b{i}" for i in range(6)],
                     [f"{shared} item {i} " + f"unique{i} " * 14 for i in range(6)], "fp")
-    index = dc.build_index([items], 13, 5)
-    assert index.stats["bench"]["common_ngrams_ignored"] >= 1
+    index = dci.build_index([items], 13, 8, 5)
+    assert index.stats["bench"]["ignored_common_items"] >= 1
     batch = pa.table({"id": ["boiler", "copy"],
                       "text": [f"{shared} and more of our own words", "x " + items.texts[3]]})
     hits = dc.find_batch(batch, index, dc.Config()).to_pylist()
@@ -96,6 +164,8 @@ def test_stage_on_ray_with_a_user_set_and_instruction_fields(tmp_path, ray_local
     rows[3]["output"] = "Here it is:\n" + problems[2]["prompt"] + problems[2]["canonical_solution"]
     rows[9]["instruction"] = "Answer: " + quiz[17]["question"]
     rows[11]["output"] = IDIOMS
+    for k in range(20, 32):  # 12 records over 3 batches of 10 share a loop header with HumanEval/40
+        rows[k]["output"] = f"def pairs(l):\n    {LOOP}        if l[i] == l[j]:\n            yield {k}\n"
     write_jsonl(tmp_path / "data" / "sft.jsonl", rows)
     sources = ('[[sources]]\nname = "sft"\nkind = "jsonl"\npath = "data"\n'
                'text_field = "instruction"\n')
@@ -111,7 +181,8 @@ path = "{tmp_path / 'quiz.jsonl'}"
 fields = ["question", "answer"]
 id_field = "qid"
 """
-    path = make_config(tmp_path, sources, stages, '[datasets.clean]\nfrom = "decontaminate"\n')
+    path = make_config(tmp_path, sources, stages, '[datasets.clean]\nfrom = "decontaminate"\n',
+                       batch_size=10)
     result = run_pipeline(load_config(path), console=quiet_console)
     rec = result.records[1]
     assert rec["rows_in"] == 40
@@ -122,6 +193,9 @@ id_field = "qid"
     assert "eval_item" not in kept.column_names and kept.num_rows == 38
     card = (result.datasets["clean"] / "README.md").read_text()
     assert "## Decontamination" in card and "| `quiz` | 30 |" in card
+    humaneval = rec["info"]["evalsets"]["humaneval"]
+    assert humaneval["ignored_frequent_in_input"] >= 1 and humaneval["ignored_mostly_numbers"] > 0
+    assert f"| {humaneval['ignored_frequent_in_input']:,} | 1 | 1 |" in card
     # the benchmark file is part of the stage's identity: editing it recomputes the stage
     write_jsonl(tmp_path / "quiz.jsonl", quiz[:17])
     again = run_pipeline(load_config(path), console=quiet_console)
