@@ -8,7 +8,10 @@ their users do. Signature timings are the best of 3 passes, for us and each peer
 runs on 1 and on 2 Ray workers in alternating sessions, best of 4 warm runs each (the load
 average before and after is recorded: on a shared machine, other work steals the second
 core). The two cluster paths (driver greedy, rounds over Ray) are timed on a synthetic graph
-of 2M edges. Writes ``bench/results/dedup.json``.
+of 2M edges. A large near-duplicate cluster (100,000 copies of a 60-word text, each with its
+own 3-word tail, among 1,000 unrelated documents) must keep one copy; its stage time is
+compared with a cluster of 10,000 copies in the same session (linear pairing: about 10x).
+Writes ``bench/results/dedup.json``.
 
     pip install -e '.[bench]'; python bench/dedup.py
 """
@@ -37,7 +40,7 @@ from rich.console import Console
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench._results import write  # noqa: E402
+from bench._results import require, write  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.run import run_pipeline  # noqa: E402
 from pipeline.runner import RayGlobalContext  # noqa: E402
@@ -54,6 +57,7 @@ REPEATS = 3  # signature timings: best of 3 for us and for each peer
 SESSIONS = 2  # Ray sessions per worker count, alternating 1 and 2 workers
 WARM_RUNS = 2  # warm stage runs per session
 CLUSTER_EDGES = 2_000_000
+LARGE_CLUSTER = 100_000
 
 
 def corpus() -> tuple[list[str], list[tuple[int, int]]]:
@@ -211,6 +215,43 @@ def clusters_seconds(folder: Path, edges: int = CLUSTER_EDGES) -> dict:
             "rounds": rounds}
 
 
+def large_cluster(folder: Path, copies: int) -> dict:
+    """The stage on ``copies`` near-identical documents among 1,000 unrelated ones (ingest and
+    stage on 2 Ray workers): copies kept, unrelated documents kept, stage seconds."""
+    rng = random.Random(copies)
+
+    def words(n: int) -> str:
+        return " ".join("".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(3, 9)))
+                        for _ in range(n))
+
+    base = words(60)
+    docs = [f"{base} {words(3)}" for _ in range(copies)] + [words(60) for _ in range(1000)]
+    rng.shuffle(docs)
+    write_jsonl(folder / "data" / "corpus.jsonl", [{"text": d} for d in docs])
+    path = make_config(folder, '[[sources]]\nname = "d"\nkind = "jsonl"\npath = "data"\n',
+                       "[stages.ingest]\n[stages.dedup_minhash]\n", name="large", batch_size=5000)
+    result = run_pipeline(load_config(path), console=Console(file=open("/dev/null", "w")))
+    kept = pl.read_parquet(result.run_dir / "stages" / "02-dedup_minhash" / "*.parquet", columns=["text"])
+    copies_kept = int(kept["text"].str.starts_with(base).sum())
+    record = result.records[1]
+    return {"docs": copies, "kept": copies_kept, "unrelated_kept": kept.height - copies_kept,
+            "s": record["wall_s"], "candidate_pairs": record["info"]["candidate_pairs"],
+            "pairing_rounds": record["info"]["pairing_rounds"], "phases": record["info"]["timings"]}
+
+
+def large_clusters(folder: Path) -> tuple[dict, dict]:
+    """The large cluster and one tenth of it, in one Ray session of 2 workers (the tenth
+    first once to warm the workers)."""
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+    try:
+        large_cluster(folder / "warm", LARGE_CLUSTER // 10)
+        small = large_cluster(folder / "small", LARGE_CLUSTER // 10)
+        large = large_cluster(folder / "large", LARGE_CLUSTER)
+    finally:
+        ray.shutdown()
+    return small, large
+
+
 def accuracy(run_dir: Path, planted: list[tuple[int, int]], ids: dict[int, str]) -> tuple[float, float]:
     rows = pl.concat([pl.read_parquet(run_dir / "stages" / "02-dedup_minhash" / "*.parquet",
                                       columns=["id", "cluster_id", "text"]),
@@ -257,6 +298,7 @@ def main() -> None:
         precision, recall = accuracy(run_dir, [p for p in planted if p[0] in line_ids and p[1] in line_ids],
                                      line_ids)
         clusters = clusters_seconds(work)
+        small, large = large_clusters(work / "large-cluster")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     results = {
@@ -277,7 +319,15 @@ def main() -> None:
         "phases_2_workers": two["info"]["timings"], "phases_1_worker": one["info"]["timings"],
         "warm_runs_best_of": SESSIONS * WARM_RUNS, "load_average_1min": [round(x, 2) for x in load],
         "clusters_synthetic": clusters,
+        "large_cluster_docs": large["docs"], "large_cluster_kept": large["kept"],
+        "large_cluster_unrelated_kept": large["unrelated_kept"], "large_cluster_s": large["s"],
+        "large_cluster_candidate_pairs": large["candidate_pairs"],
+        "large_cluster_pairing_rounds": large["pairing_rounds"],
+        "large_cluster_s_ratio_vs_tenth": round(large["s"] / small["s"], 2),
+        "large_cluster_tenth": small,
     }
+    require(large["kept"] == 1 and small["kept"] == 1, "a large near-duplicate cluster kept more than one copy")
+    require(large["unrelated_kept"] == small["unrelated_kept"] == 1000, "unrelated documents were dropped")
     write("dedup", results)
 
 
