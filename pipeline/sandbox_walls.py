@@ -10,7 +10,8 @@ before the program, and builds the mount wall:
   caller hides (the run folder, secrets named in the config); a hidden file reads as empty;
   the interpreter's own folders (``sys.prefix`` ...) are bound back, read-only, when they lie
   under a hidden folder;
-- the program's folder bound back writable: the only writable place besides the private tmpfs.
+- the program's folder bound back writable: the only writable place besides the private tmpfs;
+- a fresh session keyring, without the caller's keys.
 
 Then the program loses the power to undo any of it: the real root becomes ``nobody``
 (uid 65534, no capabilities); anyone else enters a nested user and mount namespace, in which
@@ -37,6 +38,7 @@ MEANING = {"user": "no powers outside", "network": "no network",
            "mount": "read-only root, private /tmp; home folders, /run, the run folder and named "
                     "secrets hidden",
            "pid": "every process dies with the program, nothing outside visible"}
+KEYCTL = {"x86_64": 250, "aarch64": 219}  # keyctl(2), which libc does not wrap
 ALWAYS_HIDDEN = ("/root", "/home", "/run")
 PRIVATE_TMP = ("/tmp", "/dev/shm")
 
@@ -91,6 +93,8 @@ def enter_walls(spec: dict) -> None:
     for fd in fds.values():
         os.close(fd)
     os.chdir(work)
+    if spec["keyctl"]:  # a fresh session keyring: none of the caller's keys (Kerberos tickets...)
+        libc.syscall(spec["keyctl"], 1, None)  # refused only where keyctl is blocked for all
     if spec["drop_to"] is not None:
         os.setgroups([])
         os.setgid(spec["drop_to"])
@@ -136,7 +140,8 @@ def spec(work: str, hide: list[str], python: str, tmp_mb: int) -> dict:
         raise ValueError("the sandbox cannot hide the root folder '/'")
     cover = [[p, False] for p in sorted(hidden)] + [[p, True] for p in PRIVATE_TMP]
     return {"work": os.path.realpath(work), "keep": interpreter_folders(python), "cover": cover,
-            "tmp_mb": tmp_mb, "drop_to": NOBODY if real_root() else None}
+            "tmp_mb": tmp_mb, "drop_to": NOBODY if real_root() else None,
+            "keyctl": KEYCTL.get(os.uname().machine)}
 
 
 def spec_arg(walls_spec: dict) -> str:

@@ -301,3 +301,15 @@ def test_exercises_card_says_which_walls_held():
     card = exercises.card_section(record, Path("."))
     assert "sandbox namespaces: user: " in card and "network: namespace (no network)" in card
     assert "pid: namespace" in card and "mount: namespace (read-only root" in card
+
+
+@pytest.mark.skipif(sandbox_walls.KEYCTL.get(os.uname().machine) is None, reason="keyctl number")
+def test_attack_the_callers_session_keyring(walls):
+    import ctypes
+
+    keyctl = sandbox_walls.KEYCTL[os.uname().machine]
+    ours = ctypes.CDLL(None).syscall(keyctl, 0, -3, 0)  # KEYCTL_GET_KEYRING_ID of the session
+    if ours < 0:
+        pytest.skip("keyctl is refused here")
+    result = run_python(LIBC + f"print(check(libc.syscall({keyctl}, 0, -3, 0)))")
+    assert result.ok and int(result.stdout) != ours
