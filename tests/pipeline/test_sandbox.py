@@ -313,3 +313,18 @@ def test_attack_the_callers_session_keyring(walls):
         pytest.skip("keyctl is refused here")
     result = run_python(LIBC + f"print(check(libc.syscall({keyctl}, 0, -3, 0)))")
     assert result.ok and int(result.stdout) != ours
+
+
+def test_exercises_and_humaneval_refuse_before_asking_any_model(kernel_refuses):
+    from stages import exercises
+    from trainers.config import EvalConfig
+    from trainers.evaluate import humaneval
+
+    class Untouchable:
+        def __getattr__(self, name):
+            raise AssertionError(f"{name} was used before the sandbox was checked")
+
+    with pytest.raises(SandboxRefused):
+        exercises.run(Untouchable(), exercises.Config())
+    with pytest.raises(SandboxRefused):
+        humaneval(Untouchable(), Untouchable(), EvalConfig(humaneval=2), "cpu")
