@@ -8,12 +8,12 @@ Units, as the rule sets' references define them:
 - Gopher quality: lines as ``str.splitlines()`` (blank ones included), hash and ellipsis counts
   (``...`` without overlap, and ``…``), distinct stop words among the words stripped of edge
   punctuation.
+- tokens: the words split further as spaCy's English tokenizer splits them (punctuation at
+  their ends, hyphenated words in three; see ``_tokens``), DataTrove's word units.
 - Gopher repetition: lines split on runs of newlines, paragraphs on runs of two or more (of the
   stripped text), both unstripped; a duplicate is every occurrence after the first; n-grams of
-  words; character fractions are taken of the whole text.
-- FineWeb: the non-blank lines of ``text.split("\\n")``, unstripped; ``tokens`` estimates the
-  word count of a spaCy English tokenizer (punctuation split off, hyphenated words in three),
-  which FineWeb's newline ratio divides by.
+  tokens; character fractions are taken of the whole text.
+- FineWeb: the non-blank lines of ``text.split("\\n")``, unstripped; newlines per token.
 """
 
 from __future__ import annotations
@@ -102,47 +102,65 @@ def _span_hash(cp, a, b):
 
 
 @numba.njit(cache=True)
-def _token_estimate(cp, a, b, flags):
-    """Tokens a spaCy English tokenizer makes of the word ``cp[a:b]`` (an estimate)."""
+def _emit(cp, a, b, tok_hash, tok_len, ntok):
+    tok_hash[ntok], tok_len[ntok] = _span_hash(cp, a, b), b - a
+    return ntok + 1
+
+
+@numba.njit(cache=True)
+def _tokens(cp, a, b, flags, tok_hash, tok_len, ntok):
+    """Split the word ``cp[a:b]`` as spaCy's English tokenizer would (an approximation: marks
+    at its ends split off one by one, "..." whole; a hyphen or "=" between letters and the
+    endings 's 'd 'm n't split off), appending the tokens; returns the new token count."""
     content = False
     for j in range(a, b):
         if not flags[cp[j]] & PUNCT:
             content = True
             break
     if not content:  # runs of "-" or "." are one token, other marks one each
-        count, j = 0, a
+        j = a
         while j < b:
-            c = cp[j]
+            c, start = cp[j], j
             j += 1
             if c == 45 or c == 46:
                 while j < b and cp[j] == c:
                     j += 1
-            count += 1
-        return count
-    count = 1
+            ntok = _emit(cp, start, j, tok_hash, tok_len, ntok)
+        return ntok
     while a < b and flags[cp[a]] & PUNCT and cp[a] != 45:
-        count, a = count + 1, a + 1
+        ntok = _emit(cp, a, a + 1, tok_hash, tok_len, ntok)
+        a += 1
+    end = b  # the trailing marks are emitted after the core
     while b > a and flags[cp[b - 1]] & PUNCT:
-        if cp[b - 1] == 46 and b - 3 >= a and cp[b - 2] == 46 and cp[b - 3] == 46:
-            b -= 3
-        else:
-            b -= 1
-        count += 1
-    for j in range(a + 1, b - 1):  # a hyphen, "=" or ":" between letters splits the word
-        c = cp[j]
-        if (c == 45 or c == 61) and flags[cp[j - 1]] & (LETTER | DIGIT) and flags[cp[j + 1]] & LETTER:
-            count += 2
-        elif c == 39 and j == b - 2 and (cp[j + 1] == 115 or cp[j + 1] == 100 or cp[j + 1] == 109):
-            count += 1  # 's 'd 'm
-        elif c == 39 and j == b - 2 and cp[j + 1] == 116 and cp[j - 1] == 110:
-            count += 1  # n't
-    return count
+        b -= 3 if cp[b - 1] == 46 and b - 3 >= a and cp[b - 2] == 46 and cp[b - 3] == 46 else 1
+    ending = b
+    if b - a > 2 and cp[b - 2] == 39 and (cp[b - 1] == 115 or cp[b - 1] == 100 or cp[b - 1] == 109):
+        ending = b - 2  # 's 'd 'm
+    elif b - a > 3 and cp[b - 3] == 110 and cp[b - 2] == 39 and cp[b - 1] == 116:
+        ending = b - 3  # n't
+    start = a
+    for j in range(a + 1, ending - 1):  # a hyphen or "=" between letters splits the word
+        if (cp[j] == 45 or cp[j] == 61) and flags[cp[j - 1]] & (LETTER | DIGIT) \
+                and flags[cp[j + 1]] & LETTER:
+            ntok = _emit(cp, start, j, tok_hash, tok_len, ntok)
+            ntok = _emit(cp, j, j + 1, tok_hash, tok_len, ntok)
+            start = j + 1
+    ntok = _emit(cp, start, ending, tok_hash, tok_len, ntok)
+    if ending < b:
+        ntok = _emit(cp, ending, b, tok_hash, tok_len, ntok)
+    j = b
+    while j < end:
+        step = 3 if cp[j] == 46 and j + 3 <= end and cp[j + 1] == 46 and cp[j + 2] == 46 else 1
+        ntok = _emit(cp, j, j + step, tok_hash, tok_len, ntok)
+        j += step
+    return ntok
 
 
 @numba.njit(cache=True)
-def _words(cp, n, flags, row, word_hash, word_len):
-    """Word statistics into ``row``; word hashes and lengths for the n-grams; returns the count."""
-    nwords, seen, k = 0, 0, 0
+def _words(cp, n, flags, row, tok_hash, tok_len):
+    """Word statistics into ``row``; the hashes and lengths of the tokens (the n-grams' units)
+    into ``tok_hash``/``tok_len``; returns the number of tokens."""
+    nwords = ntok = seen = k = 0
     while k < n:
         while k < n and flags[cp[k]] & SPACE:
             k += 1
@@ -153,11 +171,9 @@ def _words(cp, n, flags, row, word_hash, word_len):
         while k < n and not flags[cp[k]] & SPACE:
             alpha = alpha or (flags[cp[k]] & LETTER) != 0
             k += 1
-        word_hash[nwords] = _span_hash(cp, a, k)
-        word_len[nwords] = k - a
         nwords += 1
         row[ALPHA_WORDS] += int(alpha)
-        row[TOKENS] += _token_estimate(cp, a, k, flags)
+        ntok = _tokens(cp, a, k, flags, tok_hash, tok_len, ntok)
         s, e = a, k
         while s < e and flags[cp[s]] & PUNCT:
             s += 1
@@ -170,11 +186,11 @@ def _words(cp, n, flags, row, word_hash, word_len):
             for i in range(len(STOP_HASHES)):
                 if STOP_HASHES[i] == h:
                     seen |= 1 << i
-    row[WORDS] = nwords
+    row[WORDS], row[TOKENS] = nwords, ntok
     while seen:
         row[STOP_WORDS] += seen & 1
         seen >>= 1
-    return nwords
+    return ntok
 
 
 @numba.njit(cache=True)
@@ -283,16 +299,16 @@ def text_stats(data, offsets, flags, short_line, ngrams):
     for d in range(ndocs):
         row = out[d]
         n = _decode(data, offsets[d], offsets[d + 1], cp)
-        nwords = _words(cp, n, flags, row, hashes[0], lengths[0])
+        ntok = _words(cp, n, flags, row, hashes[0], lengths[0])
         _characters(cp, n, flags, row)
         _lines(cp, n, flags, row, short_line, hashes[1], lengths[1], hashes[2], lengths[2])
         _paragraphs(cp, n, flags, row, hashes[1], lengths[1])
         if not ngrams[d]:
             continue
         for g in range(2, 5):
-            row[TOP2 + g - 2] = top_fraction(hashes[0], lengths[0], nwords, g)
+            row[TOP2 + g - 2] = top_fraction(hashes[0], lengths[0], ntok, g)
         for g in range(5, 11):  # no repeated n-gram means no repeated longer one either
-            row[DUP5 + g - 5] = dup_fraction(hashes[0], lengths[0], nwords, g)
+            row[DUP5 + g - 5] = dup_fraction(hashes[0], lengths[0], ntok, g)
             if row[DUP5 + g - 5] == 0:
                 break
     return out
