@@ -53,6 +53,10 @@ GUARDS_RISK = (
     "means harm can get past them (ctypes, raw system calls): delete or overwrite the user's "
     "files, read secrets (~/.ssh, cloud credentials, the run folder) into the records, reach "
     "the network, and leave processes running.")
+# Run behind the walls once per process: PID 1, a read-only root, /run emptied, no network.
+WALLS_PROBE = ("import os, socket\nassert os.getpid() == 1 and not os.access('/', os.W_OK)\n"
+               "assert not os.path.isdir('/run') or os.listdir('/run') == []\n"
+               "assert [name for _, name in socket.if_nameindex()] == ['lo']\n")
 log = logging.getLogger("pipeline")
 
 
@@ -93,9 +97,9 @@ def isolation(mode: str = "namespaces") -> dict[str, str]:
         return {"mode": mode, **{w: "off (guards only)" for w in walls.WALLS}}
     report = {"mode": mode, **walls.kernel_walls()}
     if not any(v.startswith("refused") for v in report.values()):
-        probe = _run("import os\nassert os.getcwd() != '/'", mode, [], 10.0, 256, 1, 400, None)
+        probe = _run(WALLS_PROBE, mode, [], 10.0, 256, 1, 400, None)
         if not probe.ok:
-            report["mount"] = f"refused: {probe.detail}"
+            report["probe"] = f"refused: a program behind the walls failed: {probe.detail}"
     return report
 
 
@@ -120,9 +124,9 @@ def require(mode: str = "namespaces") -> dict[str, str]:
     report = isolation(mode)
     why = refusal(report)
     if why and mode == "namespaces":
-        raise SandboxRefused(f"{why}. Untrusted code is not run. Where no namespaces can be had, "
-                             'sandbox = "guards" in the config runs it behind the Python-level '
-                             "guards only (" + GUARDS_RISK.split(": ", 1)[1] + ")")
+        raise SandboxRefused(f"{why}. Untrusted code is not run. sandbox = \"guards\" (in the "
+                             "stage's table or [eval]) runs it anyway, behind the Python-level "
+                             "guards alone: they stop accidents, not a program that means harm")
     log.info("sandbox %s: %s", mode, describe(report))
     if mode == "guards":
         print(f"warning: {GUARDS_RISK}", file=sys.stderr)
