@@ -310,6 +310,9 @@ def _build_ablations(cfg: PipelineConfig, tables: Any, path: Path) -> None:
             if not known:
                 problems.append(f"ablation.{name}: {ref!r} is no dataset, no stage:NAME of this "
                                 "run and no existing path")
+        for spec in conf.evalsets:
+            if spec.path and not (path.parent / spec.path).exists():
+                problems.append(f"ablation.{name}.evalsets: {spec.name!r}: {spec.path} does not exist")
         if conf.tokenizer and conf.tokenizer not in [e.name for e in cfg.train] \
                 and not (path.parent / conf.tokenizer).exists() and not Path(conf.tokenizer).exists():
             problems.append(f"ablation.{name}.tokenizer: {conf.tokenizer!r} is no [train.*] "

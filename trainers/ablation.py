@@ -58,6 +58,8 @@ def run_ablation(cfg, name: str, console: Console) -> Path:
     console.print(f"[cyan]▶[/cyan] ablation {name}: {len(conf.variants)} variant(s) x "
                   f"{len(conf.seeds)} seed(s)")
     sources = {ref: data.source_input(cfg, ref) for ref in conf.sources()}
+    conf = _without_empty(conf, sources, console)
+    sources = {ref: sources[ref] for ref in conf.sources()}
     evals = [data.load_evalset(cfg, spec, conf.text_column) for spec in conf.evalsets]
     held = data.held_hashes(evals)  # kept out of the tokenizer's text and every variant
     if conf.tokenizer:
@@ -79,6 +81,25 @@ def run_ablation(cfg, name: str, console: Console) -> Path:
     for line in json.loads((root / "report.json").read_text())["verdicts"].values():
         console.print(f"  {line}", highlight=False)
     return root
+
+
+def _without_empty(conf: AblationConfig, sources: dict, console: Console) -> AblationConfig:
+    """The variants whose sources all have rows (``on_empty = "skip"``), else an error."""
+    import pyarrow.parquet as pq
+
+    empty = {ref for ref, s in sources.items()
+             if sum(pq.ParquetFile(f).metadata.num_rows for f in s["files"]) == 0}
+    hit = [v for v, spec in conf.variants.items()
+           if ({spec} if isinstance(spec, str) else set(spec)) & empty]
+    if not hit:
+        return conf
+    if conf.on_empty == "error" or len(hit) == len(conf.variants):
+        raise TrainError(f"ablation variants {hit}: their data {sorted(empty)} has no rows"
+                         + (" (set on_empty = \"skip\" to go on without them)"
+                            if conf.on_empty == "error" else ""))
+    console.print(f"[yellow]ablation: variants {hit} skipped, {sorted(empty)} has no rows[/yellow]")
+    return conf.model_copy(update={"variants": {v: s for v, s in conf.variants.items()
+                                                if v not in hit}})
 
 
 def _loop_fields(conf: AblationConfig) -> dict:

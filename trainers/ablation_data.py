@@ -84,8 +84,10 @@ def load_evalset(cfg, spec: AblationEvalSet, column: str) -> EvalData:
         fp = io.fingerprint([source["fingerprint"], spec.max_chars, column])
         kind, texts = "holdout", chosen
     else:
+        path = spec.path and str(Path(spec.path) if Path(spec.path).is_absolute()
+                                 else cfg.path.parent / spec.path)
         try:
-            loaded = evalsets.load(evalsets.EvalSpec(name=spec.name, path=spec.path,
+            loaded = evalsets.load(evalsets.EvalSpec(name=spec.name, path=path,
                                                      fields=spec.fields if spec.path else None))
         except evalsets.EvalSetError as exc:
             raise TrainError(f"evaluation set {spec.name!r}: {exc}") from exc

@@ -61,9 +61,12 @@ def read_docs(shard_dir: Path) -> _Docs:
         shard.append(np.full(len(table), i, np.int32))
         start.append(np.concatenate([[0], np.cumsum(table["tokens"])[:-1]]).astype(np.int64))
         rows.append(table)
-    cat = (lambda parts, dt: np.concatenate(parts) if parts else np.zeros(0, dt))
-    return _Docs(cat(shard, np.int32), cat(start, np.int64), cat(rows, DOC_DTYPE), files,
+    return _Docs(_cat(shard, np.int32), _cat(start, np.int64), _cat(rows, DOC_DTYPE), files,
                  np.dtype(index["dtype"]))
+
+
+def _cat(parts: list[np.ndarray], dtype) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros(0, dtype)
 
 
 def hashes(shard_dir: Path) -> np.ndarray:

@@ -43,12 +43,13 @@ lr = 3e-3
 seeds = [0, 1]
 
 [[ablation.same.evalsets]]
-name = "humaneval"
+name = "probe"
+path = "probe.jsonl"
 
 [[ablation.same.evalsets]]
 name = "slice"
 holdout = "code"
-max_chars = 6000
+max_chars = 3000
 """
 
 
@@ -58,9 +59,11 @@ def ablated(tmp_path_factory, ray_local):
 
     folder = tmp_path_factory.mktemp("ablation")
     stdlib = sysconfig.get_paths()["stdlib"]
-    small = [open(f"{stdlib}/{name}", encoding="utf-8").read()[:1500]
+    small = [open(f"{stdlib}/{name}", encoding="utf-8").read()[:300]
              for name in ("bisect.py", "colorsys.py")]
     pq.write_table(pa.table({"text": small}), folder / "small.parquet")
+    write_jsonl(folder / "probe.jsonl", [{"text": open(f"{stdlib}/{name}", encoding="utf-8").read()[:1500]}
+                                         for name in ("textwrap.py", "shlex.py")])
     cfg = load_config(make_config(folder, SOURCES, STAGES, DATASETS + ABLATION))
     result = run_pipeline(cfg, console=Console(file=open("/dev/null", "w")))
     root = result.ablations["same"]
@@ -69,7 +72,7 @@ def ablated(tmp_path_factory, ray_local):
 
 def test_identical_data_gives_the_same_result_within_seed_noise(ablated):
     _, _, report = ablated
-    for set_name in ("humaneval", "slice"):
+    for set_name in ("probe", "slice"):
         a = report["variants"]["curated"]["eval"][set_name]
         b = report["variants"]["raw"]["eval"][set_name]
         assert a["loss_std"] > 0  # the seeds differ
@@ -112,7 +115,7 @@ def test_report_renders_and_names_every_model(ablated):
             assert f"[{model['name']}](models/{model['name']}/README.md)" in text
             assert (root / model["card"]).is_file()
             assert "## Data mixture" in (root / model["card"]).read_text()
-    assert all(report["verdicts"][s] in text for s in ("humaneval", "slice"))
+    assert all(report["verdicts"][s] in text for s in ("probe", "slice"))
     assert (root / "curves.png").stat().st_size > 1000
 
 
@@ -155,3 +158,15 @@ def test_mixture_realizes_the_requested_weights(tmp_path, tokenizer_dir, corpus,
     weights = np.minimum(docs["cluster_size"], 4)
     assert up["components"][0]["pool_tokens"] == int((docs["tokens"] * weights).sum())
     assert plain["components"][0]["pool_tokens"] == int(docs["tokens"].sum())
+
+
+def test_builtin_humaneval_set_is_prompts_with_canonical_solutions():
+    from trainers.ablation_data import load_evalset
+    from trainers.config import AblationEvalSet
+
+    data = load_evalset(None, AblationEvalSet(name="humaneval"), "text")
+    from pipeline.evalsets import humaneval_problems
+
+    first = humaneval_problems()[0]
+    assert len(data.texts) == 164 and data.kind == "builtin"
+    assert data.texts[0] == first["prompt"] + "\n" + first["canonical_solution"]
