@@ -79,7 +79,8 @@ def find_batch(batch: pa.Table, index: EvalIndex, config: Config) -> pa.Table:
     reasons, details, items = [], [], []
     for r in rows.tolist():
         name, item = index.items[owner[r]]
-        quoted = bytes(data[span[r, 0]:span[r, 1]]).decode("utf-8", "replace")[: config.detail_chars]
+        quoted = bytes(data[span[r, 0]:span[r, 1]]).decode("utf-8", "replace")
+        quoted = quoted[: config.detail_chars]
         reasons.append(f"contaminated:{name}")
         details.append(f"{item}: {quoted!r}")
         items.append(item)
@@ -118,7 +119,8 @@ def run(ctx: GlobalContext, config: Config) -> Decisions:
     counted = ctx.map(count_batch, columns=columns, index=index, config=config)
     documents = np.zeros(len(index.keys), dtype=np.int64)
     if counted.num_rows:
-        np.add.at(documents, counted.column("slot").to_numpy(), counted.column("documents").to_numpy())
+        np.add.at(documents, counted.column("slot").to_numpy(),
+                  counted.column("documents").to_numpy())
     index = ignore_frequent(index, documents, config.common_documents)
     counted_at = time.perf_counter()
     hits = ctx.map(find_batch, columns=columns, index=index, config=config)
@@ -138,8 +140,8 @@ def card_section(record: dict, plot_dir: Path) -> str:
     lines = [f"## Decontamination (`{record['folder']}`)", "",
              f"Records sharing a word n-gram (fields "
              f"{', '.join(f'`{f}`' for f in info.get('fields', []))}, lowercased, punctuation "
-             f"ignored) with an evaluation set were dropped. N-grams have {info.get('ngram')} words, "
-             f"fewer (down to {info.get('min_ngram')}) for a set whose 5th-percentile item is "
+             f"ignored) with an evaluation set were dropped. N-grams have {info.get('ngram')} "
+             f"words, fewer (down to {info.get('min_ngram')}) for a set whose 5th-percentile item is "
              f"shorter; an item shorter than that is matched whole. N-grams in which under "
              f"{info.get('min_letter_words', 0):.0%} of the words hold a letter (runs of numbers), "
              f"found in {info.get('common_items')} or more evaluation items, or in more than "
@@ -154,7 +156,8 @@ def card_section(record: dict, plot_dir: Path) -> str:
         lines.append(f"| `{name}` | {s['items']:,} | {s['ngram']} | {s['items_shorter']:,} "
                      f"| {s['ngrams']:,} | {s['ignored_mostly_numbers']:,} "
                      f"| {s['ignored_common_items']:,} "
-                     f"| {s['ignored_frequent_in_input']:,} | {s['records']:,} | {s['items_hit']:,} |")
+                     f"| {s['ignored_frequent_in_input']:,} | {s['records']:,} "
+                     f"| {s['items_hit']:,} |")
     for name, s in sets.items():
         if s["records"]:
             top = ", ".join(f"`{item}` ({n})" for item, n in s["top_items"])
