@@ -89,7 +89,7 @@ def decontamination() -> dict:
     out = {"corpus_records": len(corpus), "corpus_mb": round(mb, 1)}
     for key, spec in (("humaneval", humaneval), ("10k", big)):
         start = time.perf_counter()
-        index = dc.build_index([spec], NGRAM, 5)
+        index = dc.build_index([spec], NGRAM, common_items=5)
         built = time.perf_counter() - start
         rate, hits = decontam_rate(corpus, index)
         same, _ = decontam_rate(corpus[:BASELINE_DOCS], index)
