@@ -193,27 +193,35 @@ def _head(text: pa.Array, lines: int) -> pa.Array:
 
 
 def apply_rules(text: pa.Array, rules: list[str], config: Config):
-    """Run rule sets in order on ``text``: (reason per document or None, final text, lines C4
-    removed per document)."""
+    """Run rule sets in order on ``text``, each on the documents still kept: (reason per
+    document or None, final text, lines C4 removed per document)."""
     reasons = np.full(len(text), None, dtype=object)
     removed = np.zeros(len(text), dtype=np.int64)
     s = None
     for k, rule_set in enumerate(rules):
-        alive = reasons == None  # noqa: E711
+        rows = np.flatnonzero(reasons == None)  # noqa: E711
         if rule_set == "c4":
-            why, cleaned, removed = _heuristics_c4.clean(text, config.c4)
-            hit = alive & (why != None)  # noqa: E711
-            reasons[hit] = [f"c4:{w}" for w in why[hit]]
-            text, s = cleaned, None
+            why, cleaned, removed[rows] = _heuristics_c4.clean(text.take(rows), config.c4)
+            dropped = why != None  # noqa: E711
+            reasons[rows[dropped]] = [f"c4:{w}" for w in why[dropped]]
+            text, s = _put(text, rows, cleaned), None
             continue
         if s is None:
-            stats = batch_stats(text, alive & ("gopher_repetition" in rules[k:]),
-                                config.fineweb.short_line_length)
+            ngrams = np.full(len(rows), "gopher_repetition" in rules[k:])
+            stats = np.zeros((len(text), len(FIELDS)), dtype=np.int64)
+            stats[rows] = batch_stats(text.take(rows), ngrams, config.fineweb.short_line_length)
             s = {name: stats[:, i] for i, name in enumerate(FIELDS)}
         for rule, failed in failures(s, text, rule_set, config):
             hit = failed & (reasons == None)  # noqa: E711
             reasons[hit] = f"{rule_set}:{rule}"
     return reasons, text, removed
+
+
+def _put(array: pa.Array, rows: np.ndarray, values: pa.Array) -> pa.Array:
+    """``array`` with ``values`` at ``rows``."""
+    index = np.arange(len(array))
+    index[rows] = len(array) + np.arange(len(rows))
+    return pa.concat_arrays([array, values.cast(array.type)]).take(pa.array(index))
 
 
 def process(batch: pa.Table, config: Config) -> pa.Table:
@@ -249,17 +257,13 @@ def process(batch: pa.Table, config: Config) -> pa.Table:
 
 def _replace_text(batch: pa.Table, column: str, rows: np.ndarray, text: pa.Array) -> pa.Table:
     """The C4-cleaned text of the kept documents, with ``n_chars`` and ``content_hash`` to match."""
-    index = np.arange(batch.num_rows)
-    index[rows] = batch.num_rows + np.arange(len(rows))
-    old = batch.column(column).combine_chunks()
-    updates = {column: pa.concat_arrays([old, text.cast(old.type)]).take(pa.array(index))}
+    updates = {column: _put(batch.column(column).combine_chunks(), rows, text)}
     if "n_chars" in batch.column_names:
         updates["n_chars"] = pc.utf8_length(updates[column]).cast(batch.schema.field("n_chars").type)
     if "content_hash" in batch.column_names:
         new_hashes = [hashlib.blake2b(t.encode(), digest_size=16).hexdigest() for t in text.to_pylist()]
-        hashes = batch.column("content_hash").combine_chunks()
-        updates["content_hash"] = pa.concat_arrays(
-            [hashes, pa.array(new_hashes, hashes.type)]).take(pa.array(index))
+        updates["content_hash"] = _put(batch.column("content_hash").combine_chunks(), rows,
+                                       pa.array(new_hashes, pa.string()))
     for name, values in updates.items():
         batch = batch.set_column(batch.schema.get_field_index(name), name, values)
     return batch
