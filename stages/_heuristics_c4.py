@@ -120,7 +120,7 @@ def clean(text: pa.Array, config) -> tuple[np.ndarray, pa.Array, np.ndarray]:
 
     offsets = np.concatenate([[0], np.cumsum(kept_per_doc)])
     cleaned = pc.utf8_trim_whitespace(pc.binary_join(
-        pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), line.filter(pa.array(kept))), "\n"))
+        pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), line.filter(pa.array(kept))), pa.scalar("\n", line.type)))
     nonblank = _mask(pc.greater(pc.utf8_length(line), 0))
     removed = np.bincount(parent[nonblank], minlength=ndocs) - kept_per_doc
     return reasons, cleaned, removed

@@ -197,7 +197,7 @@ def _mask(arr) -> np.ndarray:
 def _head(text: pa.Array, lines: int) -> pa.Array:
     """The first ``lines`` lines of each text."""
     parts = pc.split_pattern(text, "\n", max_splits=lines)
-    return pc.binary_join(pc.list_slice(parts, 0, lines), "\n")
+    return pc.binary_join(pc.list_slice(parts, 0, lines), pa.scalar("\n", text.type))
 
 
 def apply_rules(text: pa.Array, rules: list[str], config: Config):

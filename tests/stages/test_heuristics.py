@@ -224,3 +224,12 @@ def test_rules_agree_with_datatrove_on_crafted_documents():
             assert (out.column("drop_reason")[0].as_py() is None) == kept_dt, (rules, text[:60])
             if kept_dt and rules == "c4":
                 assert out.column("text")[0].as_py() == doc.text
+
+
+def test_large_string_text_and_empty_batches():
+    texts = pa.array([GOOD_PROSE + "Home\n", GOOD_CODE], pa.large_string())
+    out = process(pa.table({"text": texts, "path": ["a.md", "b.py"]}), Config())
+    assert out.column("drop_reason").to_pylist() == [None, None]
+    assert out.column("text")[0].as_py() == GOOD_PROSE.rstrip("\n")  # C4 removed "Home"
+    assert out.column("c4_lines_removed").to_pylist() == [1, 0]
+    assert process(pa.table({"text": pa.array([], pa.string())}), Config()).num_rows == 0
