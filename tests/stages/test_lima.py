@@ -248,3 +248,34 @@ def test_no_teacher_is_needed_without_the_judge(tmp_path):
     for judge, needed in (("true", True), ("false", False)):
         cfg = load_config(make_config(tmp_path, sources, f"[stages.ingest]\n[stages.lima]\njudge = {judge}\n"))
         assert cfg.needs_llm() is needed
+
+
+def test_default_threshold_rejects_a_task_asked_twice_and_keeps_related_tasks():
+    """The MiniLM threshold (calibrated in bench/selection.py): a paraphrased task is too
+    similar to its original; a different task on the same topic is not."""
+    originals = [
+        "How do I brew green tea?\n\nHeat water to about 80 °C, steep one teaspoon of leaves for "
+        "two to three minutes, then strain.",
+        "Write a Python function that returns the largest number in a list.\n\n"
+        "def largest(numbers):\n    return max(numbers)",
+        "Explain what inflation is.\n\nInflation is a general rise in prices over time, which "
+        "means each unit of money buys less than before."]
+    paraphrases = [
+        "What is the right way to make green tea?\n\nUse water at around 80 °C, let a teaspoon "
+        "of tea steep for 2-3 minutes and pour it through a strainer.",
+        "Implement a Python function to find the maximum value in a list.\n\n"
+        "def find_max(values):\n    return max(values)",
+        "What does inflation mean in economics?\n\nIt is the ongoing increase of the overall "
+        "price level, so the same amount of money purchases fewer goods."]
+    related = [
+        "How do I make cold brew coffee?\n\nStir coarse ground coffee into cold water, leave it in "
+        "the fridge for 12 to 18 hours, then filter it.",
+        "Write a Python function that removes duplicates from a list.\n\n"
+        "def unique(items):\n    return list(dict.fromkeys(items))",
+        "Explain what a recession is.\n\nA recession is a significant decline in economic "
+        "activity lasting more than a few months, visible in output, jobs and income."]
+    vectors = div.embed(originals + related + paraphrases)
+    greedy = div.Greedy(9, Config().similarity_threshold, np.array([-1]))
+    status, partner, sim, _ = greedy.add(vectors, np.zeros(9, dtype=np.int64))
+    assert (status[:6] == div.SELECTED).all()
+    assert (status[6:] == div.TOO_SIMILAR).all() and partner[6:].tolist() == [0, 1, 2]
