@@ -205,8 +205,10 @@ def _train(model_name: str, pconf: PretrainConfig, key: str, stream: Path, tok, 
         from trainers.tokenizer import load_tokenizer
 
         model = held["model"]
-        result = humaneval(model, load_tokenizer(tok.folder, tok.gguf_file),
-                           EvalConfig(humaneval=conf.humaneval, max_new_tokens=conf.max_new_tokens),
-                           next(model.parameters()).device)
+        ecfg = EvalConfig(humaneval=conf.humaneval, max_new_tokens=conf.max_new_tokens,
+                          sandbox=conf.sandbox, sandbox_hide=conf.sandbox_hide)
+        hide = (str(work.parents[3]), str(tmp), str(stream))  # run folder (RUN/ablations/NAME/models/.work), model, data
+        result = humaneval(model, load_tokenizer(tok.folder, tok.gguf_file), ecfg,
+                           next(model.parameters()).device, hide)
         final["humaneval"] = {k: v for k, v in result.items() if k != "samples"}
     return summary, final

@@ -185,6 +185,8 @@ class AblationConfig(LoopConfig):
         default_factory=lambda: [AblationEvalSet(name="humaneval")], min_length=1)
     humaneval: int = Field(default=0, ge=0, le=164)  # pass@1 problems (0: skip; tiny models: noise)
     max_new_tokens: int = Field(default=128, ge=1)
+    sandbox: Literal["namespaces", "guards"] = "namespaces"  # as [eval]: guards only is risky
+    sandbox_hide: list[str] = Field(default_factory=list)
     on_empty: Literal["error", "skip"] = "error"  # a variant drawing on a source with no rows
     enabled: bool = True
 
