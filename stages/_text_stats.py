@@ -215,8 +215,9 @@ def _characters(cp, n, flags, row):
 
 
 @numba.njit(cache=True)
-def _lines(cp, n, flags, row, short_line, line_hash, line_len, fw_hash, fw_len):
-    """Line statistics of the three line definitions (see the module docstring)."""
+def _lines(cp, n, flags, row, short_line, line_hash, line_len, fw_hash, fw_len, prose):
+    """Line statistics of the three line definitions (see the module docstring); the code
+    rules' counts only, unless ``prose``."""
     if n == 0:
         return
     nrep = nfw = 0
@@ -241,6 +242,10 @@ def _lines(cp, n, flags, row, short_line, line_hash, line_len, fw_hash, fw_len):
             e -= 1
         if e > s:
             row[NONEMPTY_LINES] += 1
+        if not prose:
+            ls = k + 1
+            continue
+        if e > s:
             row[BULLET_LINES] += int(cp[s] == 0x2022 or cp[s] == 45)
             row[ELLIPSIS_LINES] += int(cp[e - 1] == 0x2026 or (
                 e - s >= 3 and cp[e - 1] == 46 and cp[e - 2] == 46 and cp[e - 3] == 46))
@@ -286,8 +291,9 @@ def _paragraphs(cp, n, flags, row, para_hash, para_len):
 
 
 @numba.njit(cache=True)
-def text_stats(data, offsets, flags, short_line, ngrams):
-    """One row of ``FIELDS`` per document (int64); n-gram fields only where ``ngrams[d]``."""
+def text_stats(data, offsets, flags, short_line, prose, ngrams):
+    """One row of ``FIELDS`` per document (int64): the code rules' fields, the prose rules'
+    where ``prose[d]``, the n-gram fields where ``ngrams[d]``."""
     ndocs = len(offsets) - 1
     out = np.zeros((ndocs, NFIELDS), dtype=np.int64)
     longest = 2
@@ -299,9 +305,11 @@ def text_stats(data, offsets, flags, short_line, ngrams):
     for d in range(ndocs):
         row = out[d]
         n = _decode(data, offsets[d], offsets[d + 1], cp)
-        ntok = _words(cp, n, flags, row, hashes[0], lengths[0])
         _characters(cp, n, flags, row)
-        _lines(cp, n, flags, row, short_line, hashes[1], lengths[1], hashes[2], lengths[2])
+        _lines(cp, n, flags, row, short_line, hashes[1], lengths[1], hashes[2], lengths[2], prose[d])
+        if not prose[d]:
+            continue
+        ntok = _words(cp, n, flags, row, hashes[0], lengths[0])
         _paragraphs(cp, n, flags, row, hashes[1], lengths[1])
         if not ngrams[d]:
             continue
@@ -314,10 +322,12 @@ def text_stats(data, offsets, flags, short_line, ngrams):
     return out
 
 
-def batch_stats(text: pa.Array, ngrams: np.ndarray | None = None, short_line: int = 30) -> np.ndarray:
-    """Statistics of a string array; ``ngrams`` (bool per document) limits the costly n-gram
-    fields to the documents whose rules need them."""
+def batch_stats(text: pa.Array, ngrams: np.ndarray | None = None, short_line: int = 30,
+                prose: np.ndarray | None = None) -> np.ndarray:
+    """Statistics of a string array. Per document (bool arrays, default all true): ``prose``
+    asks for the prose rules' fields, ``ngrams`` for the costly n-gram ones."""
     data, offsets = arrow_buffers(text)
-    if ngrams is None:
-        ngrams = np.ones(len(offsets) - 1, dtype=np.bool_)
-    return text_stats(data, offsets, table_for(text), short_line, ngrams)
+    every = np.ones(len(offsets) - 1, dtype=np.bool_)
+    prose = every if prose is None else np.asarray(prose, dtype=np.bool_)
+    ngrams = every if ngrams is None else np.asarray(ngrams, dtype=np.bool_) & prose
+    return text_stats(data, offsets, table_for(text), short_line, prose, ngrams)

@@ -215,9 +215,11 @@ def apply_rules(text: pa.Array, rules: list[str], config: Config):
             text, s = _put(text, rows, cleaned), None
             continue
         if s is None:
-            ngrams = np.full(len(rows), "gopher_repetition" in rules[k:])
+            ahead = set(rules[k:])
+            prose = np.full(len(rows), bool(ahead & {"gopher_quality", "gopher_repetition", "fineweb"}))
+            ngrams = np.full(len(rows), "gopher_repetition" in ahead)
             stats = np.zeros((len(text), len(FIELDS)), dtype=np.int64)
-            stats[rows] = batch_stats(text.take(rows), ngrams, config.fineweb.short_line_length)
+            stats[rows] = batch_stats(text.take(rows), ngrams, config.fineweb.short_line_length, prose)
             s = {name: stats[:, i] for i, name in enumerate(FIELDS)}
         for rule, failed in failures(s, text, rule_set, config):
             hit = failed & (reasons == None)  # noqa: E711
