@@ -195,17 +195,20 @@ def _words(cp, n, flags, row, tok_hash, tok_len):
 
 @numba.njit(cache=True)
 def _characters(cp, n, flags, row):
+    """Character counts: hashes, ellipses (without overlap), newlines, alphanumeric and data
+    characters (the code rules')."""
     k = 0
     while k < n:
         c = cp[k]
         if c == 46 and k + 2 < n and cp[k + 1] == 46 and cp[k + 2] == 46:
             row[ELLIPSES] += 1
+            row[DATA_CHARS] += 3
             k += 3
             continue
         row[ELLIPSES] += int(c == 0x2026)
         row[HASHES] += int(c == 35)
         row[NEWLINES] += int(c == 10)
-        if (48 <= c <= 57) or (c < 128 and flags[c] & LETTER) or (c >= 128 and flags[c] & LETTER):
+        if (48 <= c <= 57) or flags[c] & LETTER:
             row[ALNUM_CHARS] += 1
         if (48 <= c <= 57) or c == 44 or c == 46 or c == 45 or flags[c] & SPACE or c == 91 \
                 or c == 93 or c == 34 or c == 39 or c == 123 or c == 125:
