@@ -273,7 +273,12 @@ def main() -> None:
                                 "distinct": pairs["distinct_caught"]},
     }
     if args.causal:
-        results["causal_lm_pairs"] = causal_pairs()
+        causal = causal_pairs()
+        rate = causal["paraphrases_caught"][str(DEITA_TAU)]
+        caught = pairs["paraphrases_caught"]
+        results["causal_lm_pairs"] = causal
+        # the MiniLM threshold that catches the share of paraphrases 0.9 catches there
+        results["minilm_tau_matching_deita"] = float(min(caught, key=lambda t: abs(caught[t] - rate)))
     write("selection", results)
 
 

@@ -6,10 +6,11 @@
 - ``Greedy``: Deita's representation filter (Liu et al. 2024, "What Makes Good Data for
   Alignment", section 3.3: candidates in score order, one is added when its cosine similarity
   to every selected example is below a threshold, 0.9 in their experiments on a causal LM's
-  last hidden state; ``stages/lima.py`` says why its MiniLM default is lower), with optional
-  caps per category. Candidates come in blocks: one matrix product against the examples selected
-  before the block, then a compiled pass resolves the block in order. The state carries over,
-  so the caller embeds and filters chunk by chunk and stops once the target is met.
+  last hidden state; ``stages/lima.py`` says why its MiniLM default is lower; Deita's code
+  keeps a cosine exactly at the threshold, ours rejects it), with optional caps per category.
+  Candidates come in blocks: one matrix product against the examples selected before the
+  block, then a compiled pass resolves the block in order. The state carries over, so the
+  caller embeds and filters chunk by chunk and stops once the target is met.
 - ``kcenter``: k-center greedy (Sener and Savarese 2018, "Active Learning for Convolutional
   Neural Networks: A Core-Set Approach"): start from the best candidate, then repeatedly add
   the one least similar to everything selected.

@@ -27,14 +27,15 @@ Steps, each unselected record rejected with its reason:
    ``similarity_threshold``) or k-center greedy (``method = "kcenter"``), with
    optional caps per category (``quota_full``). The greedy filter embeds the candidates chunk by
    chunk in quality order and stops at ``target``; candidates never reached are
-   ``below_quality`` (ranked under the selected ones). Deita's tau = 0.9 was a cosine of a 7B
-   causal LM's last hidden state, where unrelated texts already sit high; MiniLM spreads
-   cosines wider, and there 0.9 catches only near-copies: 1 of 20 written paraphrases, 1 of 442
-   real instruction records (``bench/results/selection.json``). The default, 0.75, catches 17
-   of the 20 paraphrases (median cosine 0.84) and none of 20 different tasks on the same topic
-   (at most 0.64); on real data it rejects 1 of the 175 human-written Self-Instruct seeds
-   (nearest-neighbour cosine: median 0.36, 99th percentile 0.75), none of the project's 103,
-   and 9% of HumanEval, whose variant problems come in families.
+   ``below_quality`` (ranked under the selected ones). The default threshold, 0.75, is
+   calibrated for MiniLM (``bench/selection.py``): Deita's 0.9 is a cosine between a causal
+   LM's last-token states, where different tasks on one topic already sit above 0.9; MiniLM
+   spreads cosines wider, and there 0.9 catches near-copies only (3 of 23 written paraphrases,
+   1 of 442 real instruction records). 0.75 catches 19 of the 23 paraphrases (median cosine
+   0.84) and 2 of 23 different tasks on the same topic (a war's causes vs its consequences, a
+   synonym vs an antonym; median 0.45); on real data it rejects 1 of the 175 human-written
+   Self-Instruct seeds (nearest-neighbour cosine: median 0.36, 99th percentile 0.75), none of
+   the project's 103, and 9% of HumanEval, whose problems come in families of variants.
 
 Exactly ``target`` records are kept when enough pass; otherwise all that pass, with a message
 in the log, on the terminal and in the card. Kept rows gain ``selection_rank`` and, when
@@ -100,7 +101,7 @@ class Config(BaseModel):
     score_column: str | None = None
     min_score: float | None = None
     method: Literal["greedy", "kcenter"] = "greedy"
-    # MiniLM cosine; Deita's 0.9 was on a 7B LM's states. 0.75: see bench/results/selection.json
+    # a MiniLM cosine: 0.75 matches Deita's 0.9 on a causal LM's states (bench/selection.py)
     similarity_threshold: float = Field(default=0.75, gt=0.0, le=1.0)
     embed_max_tokens: int = Field(default=256, ge=8, le=512)
     embed_batch_size: int = Field(default=64, ge=1)
