@@ -249,6 +249,15 @@ def run(ctx: GlobalContext, config: Config) -> Decisions:
         info=info, rejected_only=("duplicate_of", "jaccard"))
 
 
+def _pairing_line(info: dict) -> str:
+    limit, rows, rounds = info.get("max_bucket", 50), info.get("large_bucket_rows", 0), \
+        info.get("pairing_rounds", 1)
+    if not rows:
+        return f"every LSH bucket (at most {limit} documents) paired in full"
+    return (f"buckets over {limit} documents ({rows:,} band rows) paired with their earliest kept "
+            f"members, {rounds} round{'s' if rounds > 1 else ''}")
+
+
 def card_section(record: dict, plot_dir: Path) -> str:
     import matplotlib.pyplot as plt
 
@@ -274,9 +283,7 @@ def card_section(record: dict, plot_dir: Path) -> str:
         f"{info.get('false_positive_probability', 0):.4f}, false negative probability "
         f"{info.get('false_negative_probability', 0):.4f} (integrated, as datasketch optimizes them)",
         f"- candidates: {info.get('candidate_pairs', 0):,} pairs; verified ({info.get('verify')}): "
-        f"{info.get('verified_pairs', 0):,}; buckets over {info.get('max_bucket', 50)} members "
-        f"({info.get('large_bucket_rows', 0):,} bucket rows) paired with their earliest kept "
-        f"members in {info.get('pairing_rounds', 1)} rounds; clusters: " + (
+        f"{info.get('verified_pairs', 0):,}; {_pairing_line(info)}; clusters: " + (
             "greedy on the driver" if info.get("clusters", "local") == "local"
             else f"{info.get('cluster_rounds', 0)} rounds over Ray"), "",
         "![cluster sizes](plots/cluster_sizes.png)" if sizes else "",
