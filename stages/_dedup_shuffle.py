@@ -173,16 +173,16 @@ def join_left_task(part: int, pairs: str, seen: list[str], sets: str | None, out
                    name: str) -> int:
     """Unique pairs of partition ``part`` not already in the ``seen`` pair folders (earlier
     rounds), with a's set, shuffled by b; without verification (``sets`` None), the pairs
-    themselves are the edges (Jaccard taken as 1), written to ``out`` as ``name``."""
+    themselves are the edges (Jaccard taken as 1). Files are named ``name`` + the partition."""
     frame = read_partition(pairs, part, PAIRS).unique()
     for earlier in seen:
         frame = frame.join(read_partition(earlier, part, PAIRS), on=["a", "b"], how="anti")
     if sets is None:
         edges = frame.with_columns(pl.lit(1.0).alias("jaccard"))
-        write_partitioned(edges, pl.col("b"), config.partitions, out, f"{name}-{part:04d}")
+        write_partitioned(edges, pl.col("b"), config.partitions, out, f"{name}{part:04d}")
         return edges.height
     left = read_partition(sets, part, SETS).rename({"doc": "a", "values": "a_values"})
-    write_partitioned(frame.join(left, on="a"), pl.col("b"), config.partitions, out, f"a{part:04d}")
+    write_partitioned(frame.join(left, on="a"), pl.col("b"), config.partitions, out, f"{name}{part:04d}")
     return frame.height
 
 
