@@ -103,7 +103,7 @@ def test_dedup_policy_validation(folder):
 def test_init_templates_parse(tmp_path, capsys):
     assert main(["init", str(tmp_path / "code"), "--example", "code"]) == 0
     cfg = load_config(tmp_path / "code" / "pipeline.toml")
-    assert [s.name for s in cfg.sources] == ["stdlib", "site-packages"]
+    assert [s.name for s in cfg.sources] == ["stdlib", "site-packages", "docs"]
     assert Path(cfg.sources[0].path).is_dir() and "{" not in cfg.sources[0].path
     assert cfg.stage_names() == [
         "ingest", "dedup_exact", "dedup_minhash", "heuristics", "annotate", "quality", "decontaminate",
@@ -112,6 +112,8 @@ def test_init_templates_parse(tmp_path, capsys):
     assert [(t.name, t.objective) for t in cfg.train] == [
         ("tokenizer", "tokenizer"), ("pretrain", "pretrain"), ("sft", "sft"), ("dpo", "dpo")]
     assert set(cfg.eval.models) == {"pretrain", "sft", "dpo"}
+    assert list(cfg.ablation) == ["curation"]
+    assert set(cfg.ablation["curation"].variants) == {"raw", "curated", "textbooks_mix"}
     assert {spec.from_stage for spec in cfg.datasets.values()} <= set(cfg.stage_names())
     assert main(["init", str(tmp_path / "blank")]) == 0
     assert load_config(tmp_path / "blank" / "pipeline.toml").run.name == "blank"
