@@ -29,13 +29,14 @@ Steps, each unselected record rejected with its reason:
    chunk in quality order and stops at ``target``; candidates never reached are
    ``below_quality`` (ranked under the selected ones). The default threshold, 0.75, is
    calibrated for MiniLM (``bench/selection.py``): Deita's 0.9 is a cosine between a causal
-   LM's last-token states, where different tasks on one topic already sit above 0.9; MiniLM
-   spreads cosines wider, and there 0.9 catches near-copies only (3 of 23 written paraphrases,
-   1 of 442 real instruction records). 0.75 catches 19 of the 23 paraphrases (median cosine
-   0.84) and 2 of 23 different tasks on the same topic (a war's causes vs its consequences, a
-   synonym vs an antonym; median 0.45); on real data it rejects 1 of the 175 human-written
-   Self-Instruct seeds (nearest-neighbour cosine: median 0.36, 99th percentile 0.75), none of
-   the project's 103, and 9% of HumanEval, whose problems come in families of variants.
+   LM's last-token states, where it caught 18 of 23 written paraphrases and 17 of 23 different
+   tasks on the same topic (SmolLM2-135M's states); MiniLM spreads cosines wider, and there 0.9
+   catches near-copies only (3 of the 23 paraphrases, 1 of 442 real instruction records). 0.75
+   is the MiniLM threshold that catches the nearest share of paraphrases, 19 of 23 (median
+   cosine 0.84), and it catches 2 of the 23 different tasks (a war's causes vs its
+   consequences, a synonym vs an antonym; median 0.45). On real data it rejects 1 of the 175
+   human-written Self-Instruct seeds (nearest-neighbour cosine: median 0.36, 99th percentile
+   0.75), none of the project's 103, and 9% of HumanEval, whose problems come in families.
 
 Exactly ``target`` records are kept when enough pass; otherwise all that pass, with a message
 in the log, on the terminal and in the card. Kept rows gain ``selection_rank`` and, when
