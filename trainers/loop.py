@@ -1,6 +1,6 @@
 """The one training loop behind every objective (pretrain, SFT, LoRA, DPO), on one or many workers.
 
-AdamW (fused on CUDA) with a cosine schedule and warmup; gradient accumulation where the step's
+AdamW (fused kernels) with a cosine schedule and warmup; gradient accumulation where the step's
 loss is normalized by the real (unmasked) tokens, or pairs, of all its micro-batches on all
 workers; gradient clipping; bf16 autocast, torch.compile and SDPA attention on CUDA with plain
 fp32 eager on CPU; periodic eval loss; checkpoints with everything needed to continue at the same
@@ -68,7 +68,7 @@ def runtime(cfg: LoopConfig, device: str | None = None) -> Runtime:
 
 
 def make_optimizer(model, cfg: LoopConfig, rt: Runtime):
-    """AdamW; weight decay on matrices only; fused kernels on CUDA."""
+    """AdamW; weight decay on matrices only; fused kernels (one per group) on CPU and CUDA."""
     from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -77,7 +77,7 @@ def make_optimizer(model, cfg: LoopConfig, rt: Runtime):
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=cfg.betas,
-                            fused=rt.device.type == "cuda")
+                            fused=rt.device.type in ("cpu", "cuda"))
     sched = get_cosine_with_min_lr_schedule_with_warmup(
         opt, min(cfg.warmup_steps, cfg.max_steps - 1), cfg.max_steps, min_lr_rate=cfg.min_lr_ratio)
     return opt, sched
@@ -128,22 +128,27 @@ def _to(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
+def _tokens(batch: dict) -> int:
+    """Input tokens of a (host) micro-batch: its unpadded positions."""
+    mask = batch.get("attention_mask")
+    return int(mask.sum()) if mask is not None else batch["input_ids"].numel()
+
+
 def evaluate(model, objective, data, cfg: LoopConfig, rt: Runtime, rank: int = 0, world: int = 1) -> float | None:
     """Mean held-out loss per target token (or pair) over ``eval_batches`` micro-batches."""
     model.eval()
-    total = count = 0.0
+    total, count = torch.zeros((), device=rt.device), 0.0
     with torch.no_grad():
         for index in range(rank, cfg.eval_batches, world):
             batch = data.eval_batch(index, cfg.micro_batch_size)
             if batch is None:
                 break
-            batch = _to(batch, rt.device)
-            with rt.autocast():
-                loss, _ = objective.loss(model, batch)
-            total += float(loss)
             count += objective.count(batch)
+            with rt.autocast():
+                loss, _ = objective.loss(model, _to(batch, rt.device))
+            total += loss.float()
     model.train()
-    total, count = _reduce(total, world), _reduce(count, world)
+    total, count = _reduce(float(total), world), _reduce(count, world)
     return total / count if count else None
 
 
@@ -177,18 +182,17 @@ def train(model, objective, data, cfg: LoopConfig, out_dir: Path, rt: Runtime, k
                 skipped, skipped_in_row = skipped + 1, skipped_in_row + 1
                 _guard(skipped_in_row, cfg, "every target token of the step is masked")
                 continue
-            loss_sum, extras, local_tokens = 0.0, {}, 0
+            local_tokens = sum(_tokens(b) for b in micro)
+            loss_sum, extras = torch.zeros((), device=rt.device), {}
             for i, batch in enumerate(micro):
                 batch = _to(batch, rt.device)
                 last_micro = i == len(micro) - 1
                 with (sync() if sync and not last_micro else contextlib.nullcontext()), rt.autocast():
                     loss, extra = objective.loss(fwd, batch)
                     (loss * world / real).backward()
-                loss_sum += float(loss.detach())
+                loss_sum += loss.detach().float()  # read once per step, not per micro-batch
                 extras = extra or extras
-                mask = batch.get("attention_mask")
-                local_tokens += int(mask.sum()) if mask is not None else batch["input_ids"].numel()
-            step_loss = _reduce(loss_sum, world) / real
+            step_loss = _reduce(float(loss_sum), world) / real
             grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
             if not (math.isfinite(step_loss) and math.isfinite(grad_norm)):
                 opt.zero_grad(set_to_none=True)
@@ -202,7 +206,8 @@ def train(model, objective, data, cfg: LoopConfig, out_dir: Path, rt: Runtime, k
             step_tokens = int(_reduce(local_tokens, world))
             tokens, window_tokens = tokens + step_tokens, window_tokens + step_tokens
             last = {"step": step, "loss": round(step_loss, 5), "lr": sched.get_last_lr()[0],
-                    "grad_norm": round(grad_norm, 4), "skipped": skipped, "tokens": tokens, **extras}
+                    "grad_norm": round(grad_norm, 4), "skipped": skipped, "tokens": tokens,
+                    **{k: float(v) for k, v in extras.items()}}
             log_now = step % cfg.log_every == 0 or step % cfg.eval_every == 0 or step == cfg.max_steps
             if log_now:  # throughput of the training steps since the last log, eval excluded
                 rate = window_tokens / max(time.time() - window_start, 1e-9)

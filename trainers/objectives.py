@@ -80,5 +80,5 @@ class DPO:
         ref = self.reference[batch["pair_ids"].cpu()].to(logps.device)
         losses, margin = dpo_loss(logps[:half], logps[half:], ref[:, 0], ref[:, 1], self.beta)
         margin = margin.detach()
-        return losses.sum(), {"reward_margin": float(margin.mean()),
-                              "reward_accuracy": float((margin > 0).float().mean())}
+        return losses.sum(), {"reward_margin": margin.mean(),  # tensors: the loop reads them once
+                              "reward_accuracy": (margin > 0).float().mean()}
