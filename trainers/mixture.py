@@ -154,7 +154,8 @@ def _write_stream(pieces: list[tuple[np.ndarray, _Docs]], rng: np.random.Generat
     for old in out_dir.glob("shard-*"):
         old.unlink()
     dtype = np.dtype(pieces[0][1].dtype)
-    arrays = [[np.memmap(f, dtype=dtype, mode="r") for f in docs.files] for _, docs in pieces]
+    arrays = [[np.memmap(f, dtype=dtype, mode="r") if f.stat().st_size else np.empty(0, dtype)
+               for f in docs.files] for _, docs in pieces]  # a shard of a file with no documents
     rows = np.concatenate([p for p, _ in pieces])
     rows = rows[rng.permutation(len(rows))]
     out = out_dir / "shard-00000.bin"
