@@ -5,9 +5,11 @@ Corpus: the example job's sources, this interpreter's stdlib and site-packages `
 HumanEval canonical solution pasted alone (without its prompt) at a random line of a random
 stdlib file, and each prompt + solution pasted the same way; the leaks join the corpus as extra
 documents. The stage runs on local Ray (2 workers) with its default settings (13-grams, n-grams
-in more than 10 documents of the input and runs of numbers ignored) twice, the first run cold
-(workers starting, kernels loading), then once more with the runs-of-numbers rule off
-(``min_letter_words = 0``) to show what that rule removes.
+in more than 10 documents of the input, of a shape common under other names, and runs of
+numbers ignored) twice, the first run cold (workers starting, kernels loading), then once with
+the runs-of-numbers rule off (``min_letter_words = 0``) and once with the common-shape rule off
+(``common_shape = false``) to show what each rule removes; the last is also the baseline of the
+counting pass's time (it hashes no shapes).
 
 Reported: the share of solution-only leaks caught (solutions of 13 words or more: shorter ones
 have no 13-gram) and of prompt + solution leaks, the false hits among the corpus files, the
@@ -120,6 +122,7 @@ def main() -> None:
         _, cold = run_stage(files, Path(tmp) / "cold", dc.Config())  # workers start, kernels load
         hits, info = run_stage(files, Path(tmp) / "warm", dc.Config())
         numbers_off, _ = run_stage(files, Path(tmp) / "off", dc.Config(min_letter_words=0.0))
+        shape_off, plain = run_stage(files, Path(tmp) / "plain", dc.Config(common_shape=False))
     ray.shutdown()
 
     long_enough = [p["task_id"] for p in problems if word_count(p["canonical_solution"]) >= 13]
@@ -128,6 +131,7 @@ def main() -> None:
     false_hits = sorted((names[int(i.split("/")[1])], item) for i, item in hits.items()
                         if i.startswith("file/"))
     false_numbers_off = sum(i.startswith("file/") for i in numbers_off)
+    false_shape_off = sorted(names[int(i.split("/")[1])] for i in shape_off if i.startswith("file/"))
     require(len(texts) > 1000, f"only {len(texts)} corpus files found")
     stats, timings = info["evalsets"]["humaneval"], info["timings"]
     write("decontaminate", {
@@ -141,14 +145,20 @@ def main() -> None:
         "false_hits_main_corpus": len(false_hits),
         "false_hits": [f"{Path(n).relative_to(Path(n).parents[2])}: {item}" for n, item in false_hits],
         "false_hits_without_numbers_rule": false_numbers_off,
+        "false_hits_without_shape_rule": [str(Path(n).relative_to(Path(n).parents[2]))
+                                          for n in false_shape_off],
         "ngram": stats["ngram"],
         "ngrams_used": stats["ngrams"],
         "ignored_mostly_numbers": stats["ignored_mostly_numbers"],
         "ignored_common_items": stats["ignored_common_items"],
         "ignored_frequent_in_input": stats["ignored_frequent_in_input"],
+        "ignored_common_shape": stats["ignored_common_shape"],
         "count_pass_s": timings["count_s"],
         "match_pass_s": timings["match_s"],
         "count_vs_match": round(timings["count_s"] / max(timings["match_s"], 1e-9), 2),
+        "count_pass_without_shapes_s": plain["timings"]["count_s"],
+        "count_vs_count_without_shapes": round(
+            timings["count_s"] / max(plain["timings"]["count_s"], 1e-9), 2),
         "cold_count_pass_s": cold["timings"]["count_s"],
         "cold_match_pass_s": cold["timings"]["match_s"],
         "workers": 2,

@@ -10,13 +10,15 @@ rolling hash. Sets of short items get shorter n-grams, down to 8 words, as in GP
 The evaluation n-grams (``evalsets``: the built-in ``humaneval``, prompts and canonical
 solutions, and any JSONL/Parquet set with named fields, see ``pipeline/evalsets.py``) are hashed
 once, on the driver, into an open-addressing table that travels to every worker with the batch
-function. Three kinds of n-grams are no evidence: runs of numbers (under ``min_letter_words``
-of their words hold a letter), those in ``common_items`` or more evaluation items, and those
+function. Four kinds of n-grams are no evidence: runs of numbers (under ``min_letter_words``
+of their words hold a letter), those in ``common_items`` or more evaluation items, those
 found in more than ``common_documents`` documents of the input (GPT-3's rule: idioms of the
-corpus such as loop headers and license lines). Two passes over the
-input, each over every batch in parallel: the first counts, per evaluation n-gram, the
-documents that hold it (per batch, summed on the driver); the second finds each record's first
-n-gram that is still evidence.
+corpus such as loop headers and license lines), and, with ``common_shape``, those whose shape
+(names other than Python's keywords and builtins abstracted) is in more than
+``common_shape_documents`` other documents: the same idiom written with other names. Two passes
+over the input, each over every batch in parallel: the first counts, per evaluation n-gram and
+per shape, the documents that hold it (per batch, summed on the driver); the second finds each
+record's first n-gram that is still evidence.
 
 Drop reason: ``contaminated:<eval set name>``; ``drop_detail`` names the evaluation item and
 quotes the matching words of the record; rejected rows carry ``eval_item``.
@@ -41,7 +43,7 @@ from stages import _ngrams as ng
 from stages._decontam_index import EvalIndex, build_index, ignore_frequent
 from stages._minhash import arrow_buffers
 
-VERSION = "2"
+VERSION = "3"
 
 
 class Config(BaseModel):
@@ -55,6 +57,9 @@ class Config(BaseModel):
     min_letter_words: float = Field(default=0.6, ge=0.0, le=1.0)  # fewer: a table of numbers
     common_items: int = Field(default=5, ge=2)  # n-grams in this many eval items are ignored
     common_documents: int = Field(default=10, ge=1)  # n-grams in more input documents: ignored
+    common_shape: bool = True  # also ignore n-grams whose shape is common under other names
+    common_shape_documents: int = Field(default=3, ge=0)  # ... in more documents than this
+    shape_min_kept: float = Field(default=0.5, ge=0.0, le=1.0)  # keyword share to have a shape
     detail_chars: int = Field(default=300, ge=40)
 
 
@@ -63,9 +68,11 @@ def _buffers(batch: pa.Table, config: Config) -> tuple[np.ndarray, np.ndarray]:
 
 
 def count_batch(batch: pa.Table, index: EvalIndex, config: Config) -> pa.Table:
-    """How many documents of the batch hold each evaluation n-gram: slot, documents."""
+    """How many documents of the batch hold each evaluation n-gram or shape: slot (of ``keys``,
+    then of ``shape_keys`` numbered on from ``len(keys)``), documents."""
     data, offsets = _buffers(batch, config)
-    counts = ng.document_counts(data, offsets, index.lengths, index.keys)
+    counts = np.concatenate(ng.document_counts(data, offsets, index.lengths, index.keys,
+                                               index.kept, index.shape_keys))
     slots = np.flatnonzero(counts)
     return pa.table({"slot": pa.array(slots, pa.int64()),
                      "documents": pa.array(counts[slots], pa.int64())})
@@ -112,16 +119,18 @@ def run(ctx: GlobalContext, config: Config) -> Decisions:
     if len(set(names)) != len(names):
         raise ValueError(f"evalsets: each name once, got {names}")
     index = build_index([evalsets.load(spec) for spec in config.evalsets], config.ngram,
-                        config.min_ngram, config.common_items, config.min_letter_words)
+                        config.min_ngram, config.common_items, config.min_letter_words,
+                        config.common_shape, config.shape_min_kept)
     available = pq.read_schema(ctx.input_files[0]).names if ctx.input_files else ["id"]
     columns = ["id"] + evalsets.columns_for(config.fields, available)
     start = time.perf_counter()
     counted = ctx.map(count_batch, columns=columns, index=index, config=config)
-    documents = np.zeros(len(index.keys), dtype=np.int64)
+    documents = np.zeros(len(index.keys) + len(index.shape_keys), dtype=np.int64)
     if counted.num_rows:
         np.add.at(documents, counted.column("slot").to_numpy(),
                   counted.column("documents").to_numpy())
-    index = ignore_frequent(index, documents, config.common_documents)
+    index = ignore_frequent(index, documents[:len(index.keys)], documents[len(index.keys):],
+                            config.common_documents, config.common_shape_documents)
     counted_at = time.perf_counter()
     hits = ctx.map(find_batch, columns=columns, index=index, config=config)
     if not hits.num_rows:
@@ -130,9 +139,21 @@ def run(ctx: GlobalContext, config: Config) -> Decisions:
                "match_s": round(time.perf_counter() - counted_at, 3)}
     info = {"ngram": config.ngram, "min_ngram": config.min_ngram, "fields": config.fields,
             "min_letter_words": config.min_letter_words, "common_items": config.common_items,
-            "common_documents": config.common_documents,
+            "common_documents": config.common_documents, "common_shape": config.common_shape,
+            "shape_min_kept": config.shape_min_kept,
+            "common_shape_documents": config.common_shape_documents,
             "evalsets": _report(index, hits), "timings": timings}
     return Decisions(table=hits, info=info, rejected_only=("eval_item",))
+
+
+def _shape_sentence(info: dict) -> str:
+    if not info.get("common_shape"):
+        return ""
+    return (f", and so were those whose shape (names other than Python's keywords and builtins "
+            f"made one placeholder; n-grams of at least {info.get('shape_min_kept', 0):.0%} "
+            f"keywords, builtins and numbers) is in more than "
+            f"{info.get('common_shape_documents')} input documents that do not hold the n-gram "
+            f"itself: the same idiom with other names")
 
 
 def card_section(record: dict, plot_dir: Path) -> str:
@@ -146,17 +167,18 @@ def card_section(record: dict, plot_dir: Path) -> str:
              f"{info.get('min_letter_words', 0):.0%} of the words hold a letter (runs of numbers), "
              f"found in {info.get('common_items')} or more evaluation items, or in more than "
              f"{info.get('common_documents')} input documents (idioms of the corpus) were "
-             f"ignored as no evidence.", "",
+             f"ignored as no evidence{_shape_sentence(info)}.", "",
              "| eval set | items | n | items matched whole | n-grams used | ignored: mostly "
              "numbers | ignored: in many eval items | ignored: frequent in input "
-             "| records dropped | items hit |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| ignored: common shape | records dropped | items hit |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     sets = info.get("evalsets", {})
     for name, s in sets.items():
         lines.append(f"| `{name}` | {s['items']:,} | {s['ngram']} | {s['items_shorter']:,} "
                      f"| {s['ngrams']:,} | {s['ignored_mostly_numbers']:,} "
                      f"| {s['ignored_common_items']:,} "
-                     f"| {s['ignored_frequent_in_input']:,} | {s['records']:,} "
+                     f"| {s['ignored_frequent_in_input']:,} "
+                     f"| {s.get('ignored_common_shape', 0):,} | {s['records']:,} "
                      f"| {s['items_hit']:,} |")
     for name, s in sets.items():
         if s["records"]:

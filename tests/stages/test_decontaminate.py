@@ -45,15 +45,18 @@ def humaneval_index(**rules) -> dci.EvalIndex:
     return dci.build_index([evalsets.load(EvalSpec(name="humaneval"))], **rules)
 
 
-def counted(index: dci.EvalIndex, texts: list[str], common_documents: int) -> dci.EvalIndex:
+def counted(index: dci.EvalIndex, texts: list[str], common_documents: int,
+            common_shape_documents: int = 3) -> dci.EvalIndex:
     """The index after the first pass over ``texts`` in batches of 4 documents."""
-    documents = np.zeros(len(index.keys), dtype=np.int64)
+    documents = np.zeros(len(index.keys) + len(index.shape_keys), dtype=np.int64)
     for i in range(0, len(texts), 4):
         batch = pa.table({"id": [str(k) for k in range(i, i + len(texts[i:i + 4]))],
                           "text": texts[i:i + 4]})
         part = dc.count_batch(batch, index, dc.Config())
         np.add.at(documents, part.column("slot").to_numpy(), part.column("documents").to_numpy())
-    return dci.ignore_frequent(index, documents, common_documents)
+    size = len(index.keys)
+    return dci.ignore_frequent(index, documents[:size], documents[size:], common_documents,
+                               common_shape_documents)
 
 
 def found(index: dci.EvalIndex, texts: list[str]) -> list[tuple[int, str]]:
@@ -71,7 +74,7 @@ def test_rolling_hash_equals_each_window_hashed_alone():
     assert hashes("Ünïcode—Text «quoted» ok", 3) == hashes("ünïcode text quoted ok", 3)
     assert len(hashes("two words", 13)) == 1 and hashes("", 13) == []
     data, offsets = dc.arrow_buffers(ng.prepare(pa.array(["0 1 2 a 3 b4 cc", "x"])))
-    _, per_doc, letters = ng.gram_hashes(data, offsets, 3)
+    _, per_doc, letters, _, _ = ng.gram_hashes(data, offsets, 3)
     assert per_doc.tolist() == [0, 5, 6]
     assert letters.tolist() == [0, 1, 1, 2, 2, 1]  # words holding a letter, per window
 
@@ -114,6 +117,34 @@ def test_ngrams_frequent_in_the_input_are_idioms():
     rare = counted(index, loops[:9] + [leak], common_documents=10)
     assert [h for h, _ in found(rare, loops[:9] + [leak])] == list(range(10))
     assert rare.stats["humaneval"]["ignored_frequent_in_input"] == 0
+
+
+def test_ngrams_of_a_common_shape_are_idioms():
+    problems = evalsets.humaneval_problems()
+    index = humaneval_index()
+    rare = ("def coprime(l):\n    " + LOOP.replace("\n", "\n    ")
+            + "            if gcd(l[i], l[j]) != 1:\n")
+    names = [("a", "arr", "b"), ("x", "xs", "y"), ("p", "pts", "q"), ("u", "us", "v"),
+             ("m", "row", "n")]
+    renamed = [f"def pairs(values):\n    for {i} in range(len({seq})):\n        for {j} in range("
+               f"{i} + 1, len({seq})):\n            print({seq}[{i}], {k})\n"
+               for k, (i, seq, j) in enumerate(names)]
+    leak = "import sys\n" + problems[40]["canonical_solution"]
+    texts = [rare] + renamed + [leak]
+    assert found(index, texts) == [(0, "HumanEval/40"), (6, "HumanEval/40")]
+    # its exact words in one document, its shape under other names in more than 3 others: an idiom
+    idioms = counted(index, texts, common_documents=10)
+    assert found(idioms, texts) == [(6, "HumanEval/40")]
+    assert idioms.stats["humaneval"]["ignored_common_shape"] >= 2  # both 13-grams of the loop
+    assert idioms.stats["humaneval"]["ignored_frequent_in_input"] == 0
+    # under other names in 3 documents: not more than 3, still evidence
+    assert [h for h, _ in found(counted(index, texts[:4] + [leak], 10), texts)] == [0, 6]
+    # copies of the rare text count for the n-gram and its shape alike: no idiom
+    copies = [rare] * 4 + [leak]
+    assert [h for h, _ in found(counted(index, copies, 10), copies)] == [0, 1, 2, 3, 4]
+    # without the rule, or for n-grams with too few keywords to have a shape, it stays evidence
+    for off in (humaneval_index(common_shape=False), humaneval_index(shape_min_kept=0.8)):
+        assert [h for h, _ in found(counted(off, texts, 10), texts)] == [0, 6]
 
 
 def test_runs_of_numbers_are_no_evidence():
@@ -195,7 +226,8 @@ id_field = "qid"
     assert "## Decontamination" in card and "| `quiz` | 30 |" in card
     humaneval = rec["info"]["evalsets"]["humaneval"]
     assert humaneval["ignored_frequent_in_input"] >= 1 and humaneval["ignored_mostly_numbers"] > 0
-    assert f"| {humaneval['ignored_frequent_in_input']:,} | 1 | 1 |" in card
+    assert (f"| {humaneval['ignored_frequent_in_input']:,} "
+            f"| {humaneval['ignored_common_shape']:,} | 1 | 1 |") in card
     # the benchmark file is part of the stage's identity: editing it recomputes the stage
     write_jsonl(tmp_path / "quiz.jsonl", quiz[:17])
     again = run_pipeline(load_config(path), console=quiet_console)
