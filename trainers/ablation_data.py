@@ -109,6 +109,13 @@ def tokenize_evalset(data: EvalData, tokenizer: Path, root: Path) -> None:
     tokenize_to_shards([path], tokenizer, "text", data.shard_dir)
 
 
+def source_sample(source: dict, conf: AblationConfig) -> float:
+    """The fraction of a source's documents used: ``conf.sample``, except for a source of at
+    most ``conf.sample_min_rows`` rows (a small synthetic set), which is used whole."""
+    rows = sum(pq.ParquetFile(f).metadata.num_rows for f in source["files"])
+    return 1.0 if rows <= conf.sample_min_rows else conf.sample
+
+
 def tokenize_sources(sources: dict[str, dict], tokenizer: Path, conf: AblationConfig,
                      root: Path) -> dict[str, Path]:
     """Every source tokenized once with the shared tokenizer (``conf.sample`` of its documents)."""
@@ -116,7 +123,8 @@ def tokenize_sources(sources: dict[str, dict], tokenizer: Path, conf: AblationCo
     for ref, source in sources.items():
         label = hashlib.sha256(ref.encode()).hexdigest()[:8]
         out[ref] = root / "tokens" / f"source-{label}"
-        tokenize_to_shards(source["files"], tokenizer, conf.text_column, out[ref], sample=conf.sample)
+        tokenize_to_shards(source["files"], tokenizer, conf.text_column, out[ref],
+                           sample=source_sample(source, conf))
     return out
 
 
@@ -152,7 +160,7 @@ def union_tokenizer(sources: dict[str, dict], conf: AblationConfig, root: Path,
     from trainers.tokenizer import train_tokenizer
 
     key = io.fingerprint([[s["fingerprint"] for s in sources.values()], conf.vocab_size,
-                          conf.tokenizer_chars, conf.text_column, conf.sample,
+                          conf.tokenizer_chars, conf.text_column, conf.sample, conf.sample_min_rows,
                           io.fingerprint(sorted(int(h) for h in held))])
     out = root / "tokenizer"
     if (out / ".key").is_file() and (out / ".key").read_text() == key:
@@ -162,7 +170,7 @@ def union_tokenizer(sources: dict[str, dict], conf: AblationConfig, root: Path,
     texts: list[str] = []
     for source in sources.values():
         chars = 0
-        for text in _texts(source["files"], conf.text_column, conf.sample):
+        for text in _texts(source["files"], conf.text_column, source_sample(source, conf)):
             if held_set and text_hash(text) in held_set:
                 continue
             texts.append(text)

@@ -179,6 +179,7 @@ class AblationConfig(LoopConfig):
     seeds: list[int] = Field(default_factory=lambda: [0, 1], min_length=1)
     text_column: str = "text"
     sample: float = Field(default=1.0, gt=0, le=1)  # of each source's documents, by text hash
+    sample_min_rows: int = Field(default=1000, ge=0)  # sources this small are used whole
     upsample: Literal["none", "cluster_size"] = "none"
     max_repeats: int = Field(default=5, ge=1)
     evalsets: list[AblationEvalSet] = Field(

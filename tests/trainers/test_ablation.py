@@ -175,3 +175,14 @@ def test_builtin_humaneval_set_is_prompts_with_canonical_solutions():
     first = humaneval_problems()[0]
     assert len(data.texts) == 164 and data.kind == "builtin"
     assert data.texts[0] == first["prompt"] + "\n" + first["canonical_solution"]
+
+
+def test_a_small_source_is_used_whole_whatever_the_sample(tmp_path):
+    from trainers.ablation_data import source_sample
+    from trainers.config import AblationConfig
+
+    pq.write_table(pa.table({"text": [f"doc {i}" for i in range(40)]}), tmp_path / "a.parquet")
+    source = {"files": [tmp_path / "a.parquet"]}
+    conf = AblationConfig(variants={"a": "a"}, sample=0.05, sample_min_rows=40)
+    assert source_sample(source, conf) == 1.0  # 5% of 40 documents would be 2 or none
+    assert source_sample(source, conf.model_copy(update={"sample_min_rows": 39})) == 0.05
