@@ -47,17 +47,26 @@ TARGETS = {"c4": 0.98, "fineweb": 0.97, "gopher_repetition": 0.95}
 
 def corpus(limit_mb: float) -> list[str]:
     """This interpreter's stdlib Python files, in path order, up to ``limit_mb``."""
-    texts, size = [], 0
-    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).rglob("*.py")):
+    def read(path: Path) -> str | None:
         try:
-            text = path.read_text(encoding="utf-8")
+            return path.read_text(encoding="utf-8")
         except (UnicodeDecodeError, OSError):
+            return None
+
+    return _up_to(map(read, sorted(Path(sysconfig.get_paths()["stdlib"]).rglob("*.py"))), limit_mb)
+
+
+def _up_to(texts, limit_mb: float) -> list[str]:
+    """The readable texts (not None) of an iterable, in order, until they reach ``limit_mb``."""
+    out, size = [], 0
+    for text in texts:
+        if text is None:
             continue
-        texts.append(text)
+        out.append(text)
         size += len(text.encode())
         if size >= limit_mb * 1e6:
             break
-    return texts
+    return out
 
 
 def _is_prose(path: Path) -> bool:
@@ -89,16 +98,7 @@ def prose_corpus(limit_mb: float) -> list[str]:
              if _is_prose(p) and p.is_file()
              and not (root.name != "site-packages" and "site-packages" in p.parts)}
     order = sorted(files, key=lambda p: hashlib.blake2b(str(p).encode(), digest_size=8).digest())
-    texts, size = [], 0
-    for path in order:
-        text = _read(path)
-        if text is None:
-            continue
-        texts.append(text)
-        size += len(text.encode())
-        if size >= limit_mb * 1e6:
-            break
-    return texts
+    return _up_to(map(_read, order), limit_mb)
 
 
 def ours_by_rule_set(texts: list[str]) -> tuple[dict, dict, float]:
