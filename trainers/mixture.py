@@ -25,6 +25,7 @@ import numpy as np
 
 from pipeline import io
 from trainers.data import DOC_DTYPE, INDEX, docs_path
+from trainers.errors import TrainError
 
 REPORT = "mixture.json"
 
@@ -55,7 +56,7 @@ def read_docs(shard_dir: Path) -> _Docs:
         path = shard_dir / entry["file"]
         table = np.load(docs_path(path)) if docs_path(path).is_file() else None
         if table is None:
-            raise ValueError(f"{shard_dir} was tokenized without document tables; delete it to "
+            raise TrainError(f"{shard_dir} was tokenized without document tables; delete it to "
                              "tokenize again")
         files.append(path)
         shard.append(np.full(len(table), i, np.int32))
@@ -102,7 +103,7 @@ def realize(components: list[Component], total: int, out_dir: Path, seed: int,
     """Write a stream of exactly ``total`` tokens mixed by weight; return its report (reused
     when the components, weights and options are unchanged)."""
     if not components or any(c.weight <= 0 for c in components):
-        raise ValueError("a mixture needs components with positive weights")
+        raise TrainError("a mixture needs components with positive weights")
     fingerprint = io.fingerprint([[c.name, json.loads((c.shard_dir / INDEX).read_text())["fingerprint"],
                                    c.weight] for c in components]
                                  + [total, seed, upsample, max_repeats,
@@ -127,7 +128,7 @@ def realize(components: list[Component], total: int, out_dir: Path, seed: int,
         expanded = np.repeat(kept, copies)  # a document of a cluster of n: n draws (capped)
         available = int(docs.rows["tokens"][expanded].sum())
         if available == 0:
-            raise ValueError(f"mixture component {comp.name!r} has no document left "
+            raise TrainError(f"mixture component {comp.name!r} has no document left "
                              f"({len(docs.rows)} tokenized, {int((~keep).sum())} held out)")
         order, take, passes = _draw(docs.rows["tokens"][expanded], quota, rng)
         chosen = expanded[order]
