@@ -11,6 +11,14 @@ import pyarrow.parquet as pq
 import pytest
 
 
+def sandbox_mode() -> str:
+    """The sandbox mode that tests running generated code use: the kernel walls where this
+    kernel allows them, else the guards (the refusal itself is tested in test_sandbox.py)."""
+    from pipeline import sandbox
+
+    return "guards" if sandbox.refusal(sandbox.isolation()) else "namespaces"
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     import ray

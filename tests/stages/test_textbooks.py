@@ -7,7 +7,7 @@ import re
 from pipeline.config import load_config
 from pipeline.run import run_pipeline
 from stages.exercises import parse
-from tests.conftest import make_config, read_folder, write_jsonl
+from tests.conftest import make_config, read_folder, sandbox_mode, write_jsonl
 from tests.llm_server import ScriptedServer
 
 WORDS = ("river stone market garden lantern engine orbit candle meadow signal harbour pencil "
@@ -75,6 +75,7 @@ topics = {topics}
 levels = ["beginner"]
 count = {count}
 timeout_s = 1.0
+sandbox = "{sandbox}"
 """
 
 
@@ -95,7 +96,7 @@ def test_textbooks_dedup_and_verified_exercises(tmp_path, ray_local, quiet_conso
     topics = "[" + ", ".join(f'"{t}"' for t in EXERCISES) + "]"
     with ScriptedServer(routes=ROUTES) as srv:
         extra = f'[llm]\nbase_url = "{srv.base_url}"\nmodel = "scripted"\n'
-        path = make_config(tmp_path, sources, STAGES.format(topics=topics, count=len(EXERCISES)),
+        path = make_config(tmp_path, sources, STAGES.format(topics=topics, count=len(EXERCISES), sandbox=sandbox_mode()),
                            '[datasets.textbooks]\nfrom = "textbooks_near"\n'
                            '[datasets.exercises]\nfrom = "exercises"\n', extra=extra)
         result = run_pipeline(load_config(path), console=quiet_console)

@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.config import ConfigError, load_config
 from pipeline.run import run_pipeline
-from tests.conftest import make_config
+from tests.conftest import make_config, sandbox_mode
 from tests.trainers.conftest import TINY
 
 SOURCES = f"""
@@ -46,6 +46,7 @@ dataset = "code"
 seq_len = 64
 humaneval = 2
 max_new_tokens = 8
+sandbox = "{sandbox_mode()}"
 """
 
 
@@ -113,7 +114,7 @@ def test_humaneval_harness_passes_canonical_solutions_and_fails_wrong_ones():
             for p in problems]
     bad = [f"{p['prompt']}    return None\n\n{p['test']}\n\ncheck({p['entry_point']})\n"
            for p in problems]
-    results = run_many(good + bad, timeout_s=10)
+    results = run_many(good + bad, timeout_s=10, mode=sandbox_mode())
     assert [r.ok for r in results] == [True] * 4 + [False] * 4
 
 
