@@ -79,16 +79,23 @@ def _training_session(cfg):
     return runner.ray_session(cfg.ray.address, cfg.ray.num_cpus, setup_logging(cfg.run_dir))
 
 
-def cmd_train(args: argparse.Namespace, console: Console) -> int:
+def _train_targets(args: argparse.Namespace, console: Console, run, label: str, shown) -> int:
+    """Load the config, run ``run(cfg, names | None, console)`` in a training session, print
+    each result as ``label name -> shown(path)``."""
     from pipeline.config import load_config
-    from trainers.run import train_all
 
     cfg = load_config(args.config, args.set or [])
     with _training_session(cfg):
-        models = train_all(cfg, None if args.target == "all" else _split(args.target), console)
-    for name, path in models.items():
-        console.print(f"model [bold]{name}[/bold] -> {path}")
+        done = run(cfg, None if args.target == "all" else _split(args.target), console)
+    for name, path in done.items():
+        console.print(f"{label} [bold]{name}[/bold] -> {shown(path)}")
     return 0
+
+
+def cmd_train(args: argparse.Namespace, console: Console) -> int:
+    from trainers.run import train_all
+
+    return _train_targets(args, console, train_all, "model", lambda path: path)
 
 
 def cmd_eval(args: argparse.Namespace, console: Console) -> int:
@@ -117,15 +124,9 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_ablate(args: argparse.Namespace, console: Console) -> int:
-    from pipeline.config import load_config
     from trainers.ablation import run_ablations
 
-    cfg = load_config(args.config, args.set or [])
-    with _training_session(cfg):
-        reports = run_ablations(cfg, None if args.target == "all" else _split(args.target), console)
-    for name, path in reports.items():
-        console.print(f"ablation [bold]{name}[/bold] -> {path / 'report.md'}")
-    return 0
+    return _train_targets(args, console, run_ablations, "ablation", lambda path: path / "report.md")
 
 
 def cmd_serve(args: argparse.Namespace, console: Console) -> int:

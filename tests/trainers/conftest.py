@@ -12,6 +12,15 @@ import pytest
 TINY = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
         "intermediate_size": 128, "max_position_embeddings": 256}
 
+STDLIB_SOURCES = f"""
+[[sources]]
+name = "stdlib"
+kind = "files"
+path = "{sysconfig.get_paths()['stdlib']}"
+include = ["json/*.py", "email/*.py"]
+"""
+TINY_MODEL = ", ".join(f"{k} = {v}" for k, v in TINY.items())  # TINY as an inline TOML table body
+
 
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory) -> Path:

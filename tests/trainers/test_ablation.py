@@ -15,17 +15,11 @@ import pytest
 from pipeline.config import load_config
 from pipeline.run import run_pipeline
 from tests.conftest import make_config, write_jsonl
-from tests.trainers.conftest import TINY
+from tests.trainers.conftest import STDLIB_SOURCES, TINY_MODEL
 
-SOURCES = f"""
-[[sources]]
-name = "stdlib"
-kind = "files"
-path = "{sysconfig.get_paths()['stdlib']}"
-include = ["json/*.py", "email/*.py"]
-"""
+SOURCES = STDLIB_SOURCES
 STAGES = "[stages.ingest]\n"
-MODEL = ", ".join(f"{k} = {v}" for k, v in TINY.items())
+MODEL = TINY_MODEL
 DATASETS = """
 [datasets.code]
 from = "ingest"

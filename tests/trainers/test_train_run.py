@@ -3,26 +3,19 @@
 from __future__ import annotations
 
 import json
-import sysconfig
 
 import pytest
 
 from pipeline.config import ConfigError, load_config
 from pipeline.run import run_pipeline
 from tests.conftest import make_config, sandbox_mode
-from tests.trainers.conftest import TINY
+from tests.trainers.conftest import STDLIB_SOURCES, TINY_MODEL
 
-SOURCES = f"""
-[[sources]]
-name = "stdlib"
-kind = "files"
-path = "{sysconfig.get_paths()['stdlib']}"
-include = ["json/*.py", "email/*.py"]
-"""
+SOURCES = STDLIB_SOURCES
 STAGES = """
 [stages.ingest]
 """
-MODEL = ", ".join(f"{k} = {v}" for k, v in TINY.items())
+MODEL = TINY_MODEL
 TRAIN = f"""
 [datasets.code]
 from = "ingest"
