@@ -180,3 +180,15 @@ def test_a_small_source_is_used_whole_whatever_the_sample(tmp_path):
     conf = AblationConfig(variants={"a": "a"}, sample=0.05, sample_min_rows=40)
     assert source_sample(source, conf) == 1.0  # 5% of 40 documents would be 2 or none
     assert source_sample(source, conf.model_copy(update={"sample_min_rows": 39})) == 0.05
+
+
+def test_a_rerun_retrains_no_model_and_gives_the_same_report(ablated):
+    from rich.console import Console
+
+    cfg, root, report = ablated
+    successes = sorted((root / "models").glob("*/_SUCCESS.json"))
+    before = {p: p.stat().st_mtime_ns for p in successes}
+    assert len(before) == 6  # 3 variants x 2 seeds
+    run_pipeline(cfg, console=Console(file=open("/dev/null", "w")))
+    assert {p: p.stat().st_mtime_ns for p in successes} == before
+    assert json.loads((root / "report.json").read_text())["variants"] == report["variants"]
